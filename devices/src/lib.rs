@@ -1,0 +1,22 @@
+//! kiln's device models. Nothing here knows about KVM: a device sees reads
+//! and writes at offsets inside its window, and raises its interrupt through
+//! the [`Interrupt`] trait, which the VMM implements with an irqfd.
+
+pub mod boot_timer;
+pub mod bus;
+pub mod i8042;
+pub mod serial;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// An interrupt line a device can raise (an irqfd in kiln).
+pub trait Interrupt: Send + Sync {
+    /// Raises the interrupt (edge-triggered).
+    fn trigger(&self) -> std::io::Result<()>;
+}
+
+impl Interrupt for EventFd {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.write(1)
+    }
+}

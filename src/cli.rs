@@ -1,0 +1,64 @@
+//! The command line: the only file that sees argv.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// kiln: a KVM virtual machine monitor for microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// kiln's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest kernel and run it until it reboots, powers off or fails.
+    Run(RunArgs),
+}
+
+/// Options of `kiln run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial RAM disk (e.g. a gzip-compressed cpio archive).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line, appended to kiln's defaults (console, reboot and
+    /// host-specific switches); a parameter given here overrides a default
+    /// of the same name. Anything after " -- " is passed to init.
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+
+    /// Guest RAM, e.g. 128M, 1G, 1536M (suffixes K, M, G; bare numbers are MiB).
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub memory: String,
+
+    /// Where the serial console goes: stdio (output to stdout, input from
+    /// stdin), none, or file:PATH (output only).
+    #[arg(long, default_value = "stdio", value_name = "stdio|none|file:PATH")]
+    pub console: String,
+
+    /// More log output (-v: exit and repair counters at exit, -vv: debug, -vvv: every exit).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// The KVM device to use.
+    #[arg(long, default_value = "/dev/kvm", value_name = "PATH", hide = true)]
+    pub kvm_device: PathBuf,
+}

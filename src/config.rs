@@ -1,0 +1,321 @@
+//! The VM's configuration as plain data, and every check of user input that
+//! can be made before touching KVM. Each error is one line that names the
+//! problem and what to do about it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use boot::loader;
+
+use crate::cli::RunArgs;
+
+/// Bad user input. All of these end kiln with exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be opened.
+    #[error("cannot open {what} {path}: {source}; check the path and its permissions")]
+    Open {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A path names a directory or a device rather than a file.
+    #[error("{what} {path} is not a regular file")]
+    NotAFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The kernel file is not a kernel.
+    #[error("{path} is not a Linux kernel (expected an ELF vmlinux or a bzImage)")]
+    NotAKernel {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// An empty initrd.
+    #[error("initrd {path} is empty")]
+    EmptyInitrd {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// --memory did not parse.
+    #[error("invalid --memory '{0}': use a size such as 128M, 1G or 1536M")]
+    MemoryParse(String),
+    /// --memory too small.
+    #[error("--memory {got} MiB is too small: kiln needs at least {min} MiB")]
+    MemoryTooSmall {
+        /// What was asked for, MiB.
+        got: u64,
+        /// The minimum, MiB.
+        min: u64,
+    },
+    /// --memory larger than the host.
+    #[error("--memory {got} MiB exceeds this host's RAM ({host} MiB); ask for less")]
+    MemoryTooLarge {
+        /// What was asked for, MiB.
+        got: u64,
+        /// Host RAM, MiB.
+        host: u64,
+    },
+    /// --memory not a multiple of the page size.
+    #[error("--memory must be a multiple of 4 KiB")]
+    MemoryUnaligned,
+    /// --cpus 0.
+    #[error("--cpus must be at least 1")]
+    NoCpus,
+    /// --cpus above kiln's limit.
+    #[error("--cpus {got} is more than kiln supports ({max})")]
+    TooManyCpus {
+        /// What was asked for.
+        got: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// --console did not parse.
+    #[error("invalid --console '{0}': use stdio, none or file:PATH")]
+    Console(String),
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleMode {
+    /// Output to stdout, input from stdin.
+    Stdio,
+    /// Output discarded, no input.
+    None,
+    /// Output appended to a file, no input.
+    File(PathBuf),
+}
+
+/// Everything needed to build and run one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// User's command line (appended to kiln's defaults).
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// RAM in bytes.
+    pub mem_size: u64,
+    /// Serial console routing.
+    pub console: ConsoleMode,
+    /// /dev/kvm.
+    pub kvm_device: PathBuf,
+    /// 0 = normal, 1 = -v, 2 = -vv.
+    pub verbosity: u8,
+}
+
+/// Smallest guest kiln will build.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// kiln's own vCPU limit: every vCPU must fit in the MP table in the EBDA.
+pub const MAX_CPUS: u32 = 32;
+
+/// Parses a memory size: a number with an optional K, M, G or T suffix
+/// (binary units, an optional trailing "B" or "iB"); a bare number is MiB.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last()?.to_ascii_uppercase() {
+        'K' => (&t[..t.len() - 1], 10),
+        'M' => (&t[..t.len() - 1], 20),
+        'G' => (&t[..t.len() - 1], 30),
+        'T' => (&t[..t.len() - 1], 40),
+        c if c.is_ascii_digit() => (t, 20),
+        _ => return None,
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+/// Parses --console.
+pub fn parse_console(s: &str) -> Result<ConsoleMode, ConfigError> {
+    match s {
+        "stdio" => Ok(ConsoleMode::Stdio),
+        "none" => Ok(ConsoleMode::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(ConsoleMode::File(PathBuf::from(p))),
+            _ => Err(ConfigError::Console(s.to_string())),
+        },
+    }
+}
+
+/// The host's RAM in bytes, from /proc/meminfo.
+pub fn host_ram_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn open_file(what: &'static str, path: &Path) -> Result<File, ConfigError> {
+    let file = File::open(path).map_err(|source| ConfigError::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| ConfigError::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(ConfigError::NotAFile {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(file)
+}
+
+/// Checks the memory size against kiln's minimum and the host's RAM.
+pub fn check_memory(mem_size: u64, host_ram: Option<u64>) -> Result<(), ConfigError> {
+    let mib = mem_size >> 20;
+    if mem_size < MIN_MEMORY_MIB << 20 {
+        return Err(ConfigError::MemoryTooSmall {
+            got: mib,
+            min: MIN_MEMORY_MIB,
+        });
+    }
+    if !mem_size.is_multiple_of(4096) {
+        return Err(ConfigError::MemoryUnaligned);
+    }
+    if let Some(host) = host_ram {
+        if mem_size > host {
+            return Err(ConfigError::MemoryTooLarge {
+                got: mib,
+                host: host >> 20,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the vCPU count against kiln's own limit (KVM's is checked when
+/// /dev/kvm is open).
+pub fn check_cpus(cpus: u32) -> Result<u8, ConfigError> {
+    match cpus {
+        0 => Err(ConfigError::NoCpus),
+        n if n > MAX_CPUS => Err(ConfigError::TooManyCpus {
+            got: n,
+            max: MAX_CPUS,
+        }),
+        n => Ok(n as u8),
+    }
+}
+
+impl VmConfig {
+    /// Builds and validates a configuration from `kiln run`'s arguments.
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        let mut kernel = open_file("kernel", &args.kernel)?;
+        loader::detect_file(&mut kernel).map_err(|_| ConfigError::NotAKernel {
+            path: args.kernel.clone(),
+        })?;
+        if let Some(path) = &args.initrd {
+            let f = open_file("initrd", path)?;
+            if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+                return Err(ConfigError::EmptyInitrd { path: path.clone() });
+            }
+        }
+        let mem_size = parse_size(&args.memory)
+            .ok_or_else(|| ConfigError::MemoryParse(args.memory.clone()))?;
+        check_memory(mem_size, host_ram_bytes())?;
+        let cpus = check_cpus(args.cpus)?;
+        let console = parse_console(&args.console)?;
+        Ok(VmConfig {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            cpus,
+            mem_size,
+            console,
+            kvm_device: args.kvm_device.clone(),
+            verbosity: args.verbose,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("128M"), Some(128 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("1536M"), Some(1536 << 20));
+        assert_eq!(parse_size("1536MiB"), Some(1536 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("65536K"), Some(64 << 20));
+        assert_eq!(parse_size("512"), Some(512 << 20));
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "-1G",
+            "1.5G",
+            "1 G",
+            "ten",
+            "99999999999999999999G",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn memory_limits() {
+        assert!(check_memory(256 << 20, Some(1 << 30)).is_ok());
+        assert!(matches!(
+            check_memory(16 << 20, None),
+            Err(ConfigError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            check_memory(2 << 30, Some(1 << 30)),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+        assert!(matches!(
+            check_memory((64 << 20) + 1, None),
+            Err(ConfigError::MemoryUnaligned)
+        ));
+    }
+
+    #[test]
+    fn cpu_limits() {
+        assert!(matches!(check_cpus(0), Err(ConfigError::NoCpus)));
+        assert_eq!(check_cpus(1).unwrap(), 1);
+        assert_eq!(check_cpus(MAX_CPUS).unwrap() as u32, MAX_CPUS);
+        assert!(matches!(
+            check_cpus(MAX_CPUS + 1),
+            Err(ConfigError::TooManyCpus { .. })
+        ));
+    }
+
+    #[test]
+    fn consoles_parse() {
+        assert_eq!(parse_console("stdio").unwrap(), ConsoleMode::Stdio);
+        assert_eq!(parse_console("none").unwrap(), ConsoleMode::None);
+        assert_eq!(
+            parse_console("file:/tmp/x").unwrap(),
+            ConsoleMode::File("/tmp/x".into())
+        );
+        assert!(parse_console("file:").is_err());
+        assert!(parse_console("tty").is_err());
+    }
+
+    #[test]
+    fn mp_table_holds_max_cpus() {
+        let table = boot::mptable::build(boot::layout::EBDA_START, MAX_CPUS as u8).unwrap();
+        assert!(boot::layout::EBDA_START + table.len() as u64 <= boot::layout::LOW_RAM_END);
+    }
+}

@@ -1,0 +1,128 @@
+//! How threads agree that the VM is over: the first stop reason wins, the
+//! stop flag tells every vCPU loop to leave, and the exit eventfd wakes the
+//! event loop on the main thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest reset the machine (i8042 `reboot=k`, or a reset event).
+    Reset,
+    /// The guest powered off (every vCPU halted with interrupts disabled,
+    /// which is what Linux does on `poweroff` without ACPI).
+    PowerOff,
+    /// The user pressed Ctrl-A x on the console.
+    ConsoleQuit,
+    /// kiln received SIGINT or SIGTERM.
+    Signal(i32),
+    /// A vCPU hit something kiln cannot handle: one line for the user.
+    Fatal(String),
+}
+
+impl StopReason {
+    /// The process exit code for this reason.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StopReason::Reset | StopReason::PowerOff | StopReason::ConsoleQuit => 0,
+            StopReason::Signal(sig) => 128 + sig,
+            StopReason::Fatal(_) => 1,
+        }
+    }
+}
+
+/// Shared between the vCPU threads and the main thread.
+pub struct VmControl {
+    stop: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+    /// Written once a stop is requested.
+    pub exit_evt: EventFd,
+    /// Per vCPU: parked with interrupts off (cannot run again by itself).
+    parked: Vec<AtomicBool>,
+}
+
+impl VmControl {
+    /// Control block for `cpus` vCPUs.
+    pub fn new(cpus: usize) -> std::io::Result<Self> {
+        Ok(VmControl {
+            stop: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            parked: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
+        })
+    }
+
+    /// Asks the VM to stop; the first reason given is the one reported.
+    pub fn request_stop(&self, reason: StopReason) {
+        {
+            let mut r = self.reason.lock().expect("stop reason lock");
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.exit_evt.write(1);
+    }
+
+    /// Whether a stop was requested.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The reason for the stop, if any.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.lock().expect("stop reason lock").clone()
+    }
+
+    /// Records whether vCPU `id` is parked, and returns true when all are.
+    pub fn set_parked(&self, id: usize, parked: bool) -> bool {
+        self.parked[id].store(parked, Ordering::SeqCst);
+        parked && self.parked.iter().all(|p| p.load(Ordering::SeqCst))
+    }
+}
+
+/// The i8042 reset line: a guest reset stops the VM.
+pub struct ResetLine(pub std::sync::Arc<VmControl>);
+
+impl devices::Interrupt for ResetLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.request_stop(StopReason::Reset);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let c = VmControl::new(1).unwrap();
+        assert!(!c.stopping());
+        c.request_stop(StopReason::Reset);
+        c.request_stop(StopReason::Fatal("x".into()));
+        assert!(c.stopping());
+        assert_eq!(c.reason(), Some(StopReason::Reset));
+        assert_eq!(c.exit_evt.read().unwrap(), 2);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(StopReason::Reset.exit_code(), 0);
+        assert_eq!(StopReason::PowerOff.exit_code(), 0);
+        assert_eq!(StopReason::Signal(libc::SIGINT).exit_code(), 130);
+        assert_eq!(StopReason::Signal(libc::SIGTERM).exit_code(), 143);
+        assert_eq!(StopReason::Fatal(String::new()).exit_code(), 1);
+    }
+
+    #[test]
+    fn all_parked_only_when_every_cpu_is() {
+        let c = VmControl::new(2).unwrap();
+        assert!(!c.set_parked(0, true));
+        assert!(c.set_parked(1, true));
+        assert!(!c.set_parked(0, false));
+    }
+}

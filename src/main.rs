@@ -1,0 +1,102 @@
+//! kiln: parse the command line, build the VM, run it, exit with its code.
+
+mod cli;
+mod cmdline;
+mod config;
+mod console;
+mod control;
+mod event_loop;
+mod logger;
+mod pvm;
+mod stats;
+mod terminal;
+mod vcpu;
+mod vm;
+mod vmm;
+
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::VmConfig;
+
+/// Exit code for bad input and a host that cannot run VMs.
+const EXIT_USAGE: i32 = 2;
+/// Exit code when kiln itself fails while running the VM.
+const EXIT_FAILURE: i32 = 1;
+
+fn main() {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => run(&args, start),
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &cli::RunArgs, start: Instant) -> i32 {
+    logger::init(if args.quiet { 0 } else { args.verbose.max(1) });
+    let config = match VmConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    if let Err(e) = event_loop::block_stop_signals() {
+        log::error!("{e}");
+        return EXIT_FAILURE;
+    }
+    match vmm::run(&config, start) {
+        Ok(summary) => {
+            if config.verbosity >= 1 {
+                log::info!("exits: {}", summary.stats);
+                for r in &summary.repairs {
+                    log::info!("host repairs: {r}");
+                }
+            }
+            match &summary.reason {
+                control::StopReason::Fatal(msg) => log::error!("{msg}"),
+                other => log::info!(
+                    "VM stopped: {other:?} after {:.3} s",
+                    start.elapsed().as_secs_f64()
+                ),
+            }
+            summary.reason.exit_code()
+        }
+        Err(e) => {
+            log::error!("{e}");
+            if is_usage_error(&e) {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            }
+        }
+    }
+}
+
+/// Errors caused by the user's input or the host's setup (exit code 2).
+fn is_usage_error(e: &vmm::VmmError) -> bool {
+    use boot::loader::LoaderError;
+    use vm::VmError;
+    matches!(
+        e,
+        vmm::VmmError::Vm(
+            VmError::NoKvm(_)
+                | VmError::KvmPermission(_)
+                | VmError::ApiVersion(_)
+                | VmError::MissingCapability(_)
+                | VmError::TooManyCpus { .. }
+                | VmError::AllocMemory(..)
+        ) | vmm::VmmError::Load(
+            LoaderError::UnknownFormat
+                | LoaderError::InitrdTooBig { .. }
+                | LoaderError::No64BitEntry(_)
+                | LoaderError::Elf(_)
+                | LoaderError::BzImage(_)
+        ) | vmm::VmmError::CmdlineTooLong { .. }
+            | vmm::VmmError::Open(..)
+            | vmm::VmmError::Console(_)
+    )
+}

@@ -1,0 +1,256 @@
+//! Repairs for nested "kvm_pvm" hosts (see the README's "Nested and PVM
+//! hosts"). On such a host a stock guest kernel's ring 0 runs through the
+//! host's instruction emulator, which gives up on some instructions,
+//! spins on VMCALL, and breaks SYSCALL. kiln detects the host once and
+//! then enters this module from exactly three places: vCPU setup
+//! ([`HostRepairs::patch_cpuid`]), emulation failures
+//! ([`HostRepairs::on_emulation_failure`]) and the periodic tick
+//! ([`HostRepairs::on_tick`]). On any other host none of it exists.
+
+pub mod emulate;
+mod machine;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use kvm_bindings::kvm_cpuid_entry2;
+use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
+
+use machine::VcpuMachine;
+
+/// Errors from the host repairs: each one stops the VM with its message.
+#[derive(Debug, thiserror::Error)]
+pub enum PvmError {
+    /// The instruction could not be emulated.
+    #[error("the host could not emulate an instruction and kiln cannot either: {0}")]
+    Emulate(#[from] emulate::EmulateError),
+    /// KVM did not report the instruction bytes.
+    #[error("the host could not emulate an instruction and did not say which ({0})")]
+    NoBytes(String),
+    /// An ioctl used to read or write vCPU state failed.
+    #[error("cannot {0} the vCPU state: {1}")]
+    VcpuState(&'static str, kvm_ioctls::Error),
+}
+
+/// Kernel command-line switches a stock kernel needs here: avoid the
+/// instructions the host's emulator rejects (XSAVE family, POPCNT, SMAP's
+/// CLAC/STAC on every interrupt, SSSE3 SIMD in ring 0).
+pub const DEFAULT_CMDLINE: &str = "noxsave clearcpuid=popcnt,smap,ssse3";
+
+/// Whether this host is a nested PVM host, from the names of the loaded
+/// kernel modules (`/sys/module`).
+pub fn is_pvm_host<'a>(modules: impl IntoIterator<Item = &'a str>) -> bool {
+    modules.into_iter().any(|m| m == "kvm_pvm")
+}
+
+/// Detects a PVM host by looking at /sys/module.
+pub fn detect() -> bool {
+    let Ok(dir) = std::fs::read_dir(Path::new("/sys/module")) else {
+        return false;
+    };
+    let names: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    is_pvm_host(names.iter().map(String::as_str))
+}
+
+/// What KVM reported about an emulation failure
+/// (KVM_EXIT_INTERNAL_ERROR with suberror KVM_INTERNAL_ERROR_EMULATION).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmulationFailure {
+    /// The internal-error suberror.
+    pub suberror: u32,
+    /// Instruction bytes at RIP, when KVM provided them.
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl EmulationFailure {
+    /// Reads the failure out of the vCPU's kvm_run area.
+    pub fn read(fd: &mut VcpuFd) -> Self {
+        let run = fd.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
+        // is the active member of the union.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        Self::from_data(
+            internal.suberror,
+            &internal.data[..internal.ndata.min(16) as usize],
+        )
+    }
+
+    /// Decodes suberror and data words (data[0] = flags, then the fetch
+    /// length byte followed by up to 15 instruction bytes).
+    pub fn from_data(suberror: u32, data: &[u64]) -> Self {
+        let mut f = EmulationFailure {
+            suberror,
+            bytes: None,
+        };
+        if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+            && data.len() >= 3
+            && data[0]
+                & u64::from(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                != 0
+        {
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&data[1].to_le_bytes());
+            raw[8..].copy_from_slice(&data[2].to_le_bytes());
+            let len = usize::from(raw[0]).min(15);
+            f.bytes = Some(raw[1..1 + len].to_vec());
+        }
+        f
+    }
+}
+
+impl fmt::Display for EmulationFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.suberror {
+            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+            kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "simultaneous exceptions",
+            kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failed",
+            _ => "internal error",
+        };
+        write!(f, "suberror {} {what}", self.suberror)?;
+        if let Some(b) = &self.bytes {
+            write!(f, ", instruction bytes")?;
+            for x in b {
+                write!(f, " {x:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names an emulated instruction for the per-repair counters.
+pub fn mnemonic(bytes: &[u8]) -> &'static str {
+    let mut i = 0;
+    while i < bytes.len()
+        && matches!(
+            bytes[i],
+            0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x40
+                ..=0x4f
+        )
+    {
+        i += 1;
+    }
+    match &bytes[i.min(bytes.len())..] {
+        [0xcc, ..] => "int3",
+        [0x9b, ..] => "fwait",
+        [0x0f, 0xb8, ..] => "popcnt",
+        [0x0f, 0x01, 0xca, ..] => "clac",
+        [0x0f, 0x01, 0xcb, ..] => "stac",
+        [0x0f, 0x01, 0xd0, ..] => "xgetbv",
+        [0x0f, 0x01, 0xc1, ..] => "vmcall",
+        [0x0f, 0xc7, ..] => "cmpxchg8b/16b",
+        [0x0f, 0xb0 | 0xb1, ..] => "cmpxchg",
+        [0x0f, 0xae, m, ..] if (m >> 3) & 7 == 2 => "ldmxcsr",
+        [0x0f, 0xae, m, ..] if (m >> 3) & 7 == 3 => "stmxcsr",
+        [0x0f, 0x6e | 0x7e | 0xd6, ..] => "movd/movq",
+        [0x0f, 0x6f | 0x7f, ..] => "movdqu/movdqa",
+        [0x0f, 0xef, ..] => "pxor",
+        _ => "other",
+    }
+}
+
+/// The repairs of one vCPU, with their counters.
+pub struct HostRepairs {
+    mem: GuestMemoryMmap,
+    /// Emulated instructions by name.
+    pub emulated: BTreeMap<&'static str, u64>,
+    /// VMCALLs completed with -KVM_ENOSYS.
+    pub vmcalls: u64,
+}
+
+impl HostRepairs {
+    /// Repairs for a vCPU of a VM with guest memory `mem`.
+    pub fn new(mem: GuestMemoryMmap) -> Self {
+        HostRepairs {
+            mem,
+            emulated: BTreeMap::new(),
+            vmcalls: 0,
+        }
+    }
+
+    /// Adjusts the CPUID a vCPU is given (nothing needed so far).
+    pub fn patch_cpuid(&self, _entries: &mut [kvm_cpuid_entry2]) {}
+
+    /// The host gave up on an instruction: emulate it and resume.
+    pub fn on_emulation_failure(
+        &mut self,
+        fd: &VcpuFd,
+        failure: &EmulationFailure,
+    ) -> Result<(), PvmError> {
+        let bytes = failure
+            .bytes
+            .as_deref()
+            .ok_or_else(|| PvmError::NoBytes(failure.to_string()))?;
+        let mut m = VcpuMachine::load(fd, &self.mem)?;
+        let outcome = emulate::emulate(&mut m, bytes)?;
+        m.apply(outcome)?;
+        *self.emulated.entry(mnemonic(bytes)).or_default() += 1;
+        Ok(())
+    }
+
+    /// Called on every periodic tick: completes a VMCALL the host's
+    /// emulator would otherwise re-execute forever.
+    pub fn on_tick(&mut self, fd: &VcpuFd) -> Result<(), PvmError> {
+        let mut m = VcpuMachine::load(fd, &self.mem)?;
+        if m.complete_vmcall()? {
+            self.vmcalls += 1;
+        }
+        Ok(())
+    }
+
+    /// One line of counters for `--verbose`.
+    pub fn summary(&self) -> String {
+        let mut s = format!("vmcall={}", self.vmcalls);
+        for (name, n) in &self.emulated {
+            s.push_str(&format!(" {name}={n}"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_the_pvm_module() {
+        assert!(is_pvm_host(["kvm", "kvm_pvm", "ext4"]));
+        assert!(!is_pvm_host(["kvm", "kvm_intel"]));
+        assert!(!is_pvm_host(["kvm_pvm_other"]));
+        assert!(!is_pvm_host([]));
+    }
+
+    #[test]
+    fn failure_bytes_are_decoded() {
+        // flags = 1 (bytes valid), fetch length 15, bytes f3 0f b8 c1 then nops.
+        let mut raw = [0x90u8; 16];
+        raw[0] = 15;
+        raw[1..5].copy_from_slice(&[0xf3, 0x0f, 0xb8, 0xc1]);
+        let d1 = u64::from_le_bytes(raw[..8].try_into().unwrap());
+        let d2 = u64::from_le_bytes(raw[8..].try_into().unwrap());
+        let f = EmulationFailure::from_data(1, &[1, d1, d2]);
+        let b = f.bytes.clone().unwrap();
+        assert_eq!(b.len(), 15);
+        assert_eq!(&b[..4], &[0xf3, 0x0f, 0xb8, 0xc1]);
+        assert!(f.to_string().contains("f3 0f b8 c1"));
+        // Without the flag there are no bytes.
+        assert_eq!(EmulationFailure::from_data(1, &[0, d1, d2]).bytes, None);
+        assert_eq!(EmulationFailure::from_data(3, &[]).bytes, None);
+    }
+
+    #[test]
+    fn mnemonics() {
+        assert_eq!(mnemonic(&[0xf3, 0x48, 0x0f, 0xb8, 0xc1]), "popcnt");
+        assert_eq!(mnemonic(&[0xcc]), "int3");
+        assert_eq!(
+            mnemonic(&[0x65, 0xf0, 0x48, 0x0f, 0xc7, 0x0e]),
+            "cmpxchg8b/16b"
+        );
+        assert_eq!(mnemonic(&[0x0f, 0x01, 0xca]), "clac");
+        assert_eq!(mnemonic(&[]), "other");
+    }
+}

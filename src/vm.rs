@@ -1,0 +1,164 @@
+//! The VM: /dev/kvm, the VM file descriptor, guest RAM and its memory
+//! slots, the in-kernel interrupt controllers and the PIT.
+
+use std::path::{Path, PathBuf};
+
+use boot::layout;
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors opening KVM or creating the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// No KVM device node.
+    #[error("{0} does not exist: this host has no KVM; enable hardware virtualization (VT-x/AMD-V) and load the kvm module")]
+    NoKvm(PathBuf),
+    /// No permission on the KVM device node.
+    #[error("permission denied opening {0}: run kiln as root or add your user to the group that owns it (usually 'kvm')")]
+    KvmPermission(PathBuf),
+    /// Opening the KVM device failed otherwise.
+    #[error("cannot open {0}: {1}")]
+    OpenKvm(PathBuf, kvm_ioctls::Error),
+    /// Wrong KVM API version.
+    #[error("KVM API version {0} is not supported: kiln needs version 12")]
+    ApiVersion(i32),
+    /// A needed capability is missing.
+    #[error("KVM lacks the {0} capability, which kiln needs; update the host kernel")]
+    MissingCapability(&'static str),
+    /// More vCPUs than KVM allows.
+    #[error("--cpus {got} is more than this host's KVM allows ({max})")]
+    TooManyCpus {
+        /// Asked for.
+        got: u8,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// KVM_CREATE_VM failed.
+    #[error("cannot create the VM: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    /// KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR failed.
+    #[error("cannot set the TSS/identity-map address: {0}")]
+    SetTss(kvm_ioctls::Error),
+    /// KVM_CREATE_IRQCHIP failed.
+    #[error("cannot create the in-kernel irqchip: {0}")]
+    CreateIrqchip(kvm_ioctls::Error),
+    /// KVM_CREATE_PIT2 failed.
+    #[error("cannot create the in-kernel PIT: {0}")]
+    CreatePit(kvm_ioctls::Error),
+    /// mmap of guest RAM failed.
+    #[error("cannot allocate {0} MiB of guest RAM: {1}")]
+    AllocMemory(u64, String),
+    /// KVM_SET_USER_MEMORY_REGION failed.
+    #[error("cannot register guest RAM with KVM: {0}")]
+    SetMemoryRegion(kvm_ioctls::Error),
+    /// KVM_IRQFD failed.
+    #[error("cannot connect interrupt {0}: {1}")]
+    Irqfd(u32, kvm_ioctls::Error),
+    /// eventfd() failed.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// Capabilities kiln cannot run without.
+const REQUIRED_CAPS: [(Cap, &str); 5] = [
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+];
+
+/// Opens the KVM device and checks the API version and capabilities.
+pub fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| VmError::NoKvm(path.to_path_buf()))?;
+    let kvm = Kvm::new_with_path(&cpath).map_err(|e| match e.errno() {
+        libc::ENOENT => VmError::NoKvm(path.to_path_buf()),
+        libc::EACCES | libc::EPERM => VmError::KvmPermission(path.to_path_buf()),
+        _ => VmError::OpenKvm(path.to_path_buf(), e),
+    })?;
+    check_kvm(&kvm)?;
+    Ok(kvm)
+}
+
+fn check_kvm(kvm: &Kvm) -> Result<(), VmError> {
+    let version = kvm.get_api_version();
+    if version != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(VmError::ApiVersion(version));
+    }
+    for (cap, name) in REQUIRED_CAPS {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCapability(name));
+        }
+    }
+    Ok(())
+}
+
+/// A created VM with its RAM.
+pub struct Vm {
+    /// The VM file descriptor.
+    pub fd: VmFd,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Creates the VM with its irqchip and PIT (boot phase 3).
+    pub fn new(kvm: &Kvm, cpus: u8) -> Result<Vm, VmError> {
+        let max = kvm.get_max_vcpus();
+        if usize::from(cpus) > max {
+            return Err(VmError::TooManyCpus { got: cpus, max });
+        }
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
+            .map_err(VmError::SetTss)?;
+        fd.set_tss_address(layout::KVM_TSS_START as usize)
+            .map_err(VmError::SetTss)?;
+        fd.create_irq_chip().map_err(VmError::CreateIrqchip)?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(VmError::CreatePit)?;
+        let mem = GuestMemoryMmap::default();
+        Ok(Vm { fd, mem })
+    }
+
+    /// Allocates guest RAM around the MMIO gap and registers it (boot phase 4).
+    pub fn add_memory(&mut self, mem_size: u64) -> Result<(), VmError> {
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+            .into_iter()
+            .map(|(start, size)| (GuestAddress(start), size as usize))
+            .collect();
+        self.mem = GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|e| VmError::AllocMemory(mem_size >> 20, e.to_string()))?;
+        for (slot, region) in self.mem.iter().enumerate() {
+            let host = self
+                .mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| VmError::AllocMemory(mem_size >> 20, e.to_string()))?;
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `self.mem`, which
+            // outlives the VM's use of it (both are dropped together at exit).
+            unsafe { self.fd.set_user_memory_region(region) }.map_err(VmError::SetMemoryRegion)?;
+        }
+        Ok(())
+    }
+
+    /// An eventfd wired to interrupt line `gsi` through KVM_IRQFD.
+    pub fn irqfd(&self, gsi: u32) -> Result<EventFd, VmError> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.fd
+            .register_irqfd(&evt, gsi)
+            .map_err(|e| VmError::Irqfd(gsi, e))?;
+        Ok(evt)
+    }
+}

@@ -1,0 +1,265 @@
+//! The boot recipe: `Vmm::run` walks the numbered phases of the README's
+//! boot sequence, one call each, then waits for the VM to stop.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use boot::cpu::EntryMode;
+use boot::{layout, loader, mptable, zero_page};
+use devices::boot_timer::BootTimer;
+use devices::bus::Bus;
+use devices::i8042::I8042;
+use devices::serial::Serial;
+
+use crate::config::{ConsoleMode, VmConfig};
+use crate::control::{ResetLine, StopReason, VmControl};
+use crate::event_loop::{ConsoleInput, EventLoop};
+use crate::stats::ExitStats;
+use crate::vcpu::{BootEntry, Vcpu};
+use crate::vm::Vm;
+use crate::{cmdline, console, pvm, terminal};
+
+/// Errors while building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// Opening KVM or creating the VM failed.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] crate::vcpu::VcpuError),
+    /// Loading the kernel or initrd failed.
+    #[error("{0}")]
+    Load(#[from] loader::LoaderError),
+    /// The kernel file could not be opened.
+    #[error("cannot open {0}: {1}")]
+    Open(std::path::PathBuf, std::io::Error),
+    /// The command line is longer than the kernel accepts.
+    #[error("the kernel command line is {len} bytes, more than this kernel accepts ({max}); shorten --cmdline")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The kernel's limit.
+        max: usize,
+    },
+    /// Writing boot_params / start_info failed.
+    #[error(transparent)]
+    ZeroPage(#[from] zero_page::ZeroPageError),
+    /// Writing the MP table failed.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// A device could not be placed.
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] devices::bus::BusError),
+    /// The console could not be set up.
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+    /// The event loop failed.
+    #[error(transparent)]
+    EventLoop(#[from] crate::event_loop::EventLoopError),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// kiln's own defaults for every guest.
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// What a finished run reports.
+pub struct RunSummary {
+    /// Why it stopped.
+    pub reason: StopReason,
+    /// Exit counters over all vCPUs.
+    pub stats: ExitStats,
+    /// Host-repair counters per vCPU, if repairs were on.
+    pub repairs: Vec<String>,
+}
+
+/// Builds the VM from `config` and runs it until it stops.
+pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
+    // 1. The configuration was validated by VmConfig::from_args.
+    // 2. Open /dev/kvm, check the API version and capabilities.
+    let kvm = crate::vm::open_kvm(&config.kvm_device)?;
+    let repairs_on = pvm::detect();
+    if repairs_on {
+        log::info!("nested kvm_pvm host detected: host repairs on (instruction emulation, VMCALL completion)");
+    }
+
+    // 3. Create the VM with its irqchip and PIT.
+    let mut vm = Vm::new(&kvm, config.cpus)?;
+    // 4. Guest RAM around the MMIO gap.
+    vm.add_memory(config.mem_size)?;
+
+    // 5. Kernel, initrd, command line, boot_params/start_info, MP table.
+    let mut kernel =
+        File::open(&config.kernel).map_err(|e| VmmError::Open(config.kernel.clone(), e))?;
+    let kernel = loader::load_kernel(&vm.mem, &mut kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => {
+            let mut f = File::open(path).map_err(|e| VmmError::Open(path.clone(), e))?;
+            let size = f
+                .metadata()
+                .map_err(|e| VmmError::Open(path.clone(), e))?
+                .len();
+            let low_ram_end = config.mem_size.min(layout::MMIO_GAP_START);
+            let place = loader::place_initrd(
+                size,
+                kernel.kernel_end,
+                kernel.initrd_addr_max(),
+                low_ram_end,
+            )?;
+            loader::load_initrd(&vm.mem, &mut f, place)?;
+            Some(place)
+        }
+        None => None,
+    };
+    let mut defaults = vec![DEFAULT_CMDLINE];
+    if repairs_on {
+        defaults.push(pvm::DEFAULT_CMDLINE);
+    }
+    let cmdline = cmdline::compose(&defaults, &[], config.cmdline.as_deref().unwrap_or(""));
+    if cmdline.len() > kernel.cmdline_max() {
+        return Err(VmmError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: kernel.cmdline_max(),
+        });
+    }
+    log::info!(
+        "booting {:?} kernel ({}), {} vCPU(s), {} MiB, cmdline: {cmdline}",
+        kernel.format,
+        match kernel.mode {
+            EntryMode::Pvh32 => "PVH entry",
+            EntryMode::Long64 => "64-bit entry",
+        },
+        config.cpus,
+        config.mem_size >> 20
+    );
+    loader::write_cmdline(&vm.mem, &cmdline)?;
+    let e820 = zero_page::e820_map(config.mem_size);
+    let info_addr = match kernel.mode {
+        EntryMode::Pvh32 => {
+            zero_page::write_pvh_start_info(&vm.mem, initrd, &e820, None)?;
+            layout::PVH_INFO_START
+        }
+        EntryMode::Long64 => {
+            let hdr = kernel
+                .setup_header
+                .unwrap_or_else(zero_page::default_setup_header);
+            zero_page::write_boot_params(&vm.mem, hdr, cmdline.len(), initrd, &e820)?;
+            layout::ZERO_PAGE_START
+        }
+    };
+    mptable::write(&vm.mem, config.cpus)?;
+
+    // 6. Devices on the buses.
+    let control = Arc::new(VmControl::new(config.cpus.into()).map_err(VmmError::EventFd)?);
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let serial_irq = vm.irqfd(layout::ports::COM1_IRQ)?;
+    let serial = Arc::new(Mutex::new(Serial::new(
+        Arc::new(serial_irq),
+        console::output(&config.console)?,
+    )));
+    pio.insert(
+        layout::ports::COM1.into(),
+        layout::ports::COM1_LEN.into(),
+        serial.clone(),
+    )?;
+    let i8042 = I8042::new(Arc::new(ResetLine(control.clone())));
+    pio.insert(
+        layout::ports::I8042_DATA.into(),
+        layout::ports::I8042_LEN.into(),
+        Arc::new(Mutex::new(i8042)),
+    )?;
+    mmio.insert(
+        layout::BOOT_TIMER_START,
+        layout::BOOT_TIMER_SIZE,
+        Arc::new(Mutex::new(BootTimer::new(start))),
+    )?;
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+    // 7. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
+    crate::vcpu::kick::install_handler().map_err(VmmError::EventFd)?;
+    let mut vcpus = Vec::new();
+    for id in 0..config.cpus {
+        let repairs = repairs_on.then(|| pvm::HostRepairs::new(vm.mem.clone()));
+        vcpus.push(Vcpu::new(
+            &kvm,
+            &vm.fd,
+            id,
+            config.cpus,
+            pio.clone(),
+            mmio.clone(),
+            control.clone(),
+            repairs,
+            config.verbosity >= 3,
+        )?);
+    }
+    vcpus[0].set_boot_state(
+        &vm.mem,
+        BootEntry {
+            mode: kernel.mode,
+            entry: kernel.entry,
+            info_addr,
+        },
+    )?;
+
+    // 8. Start the vCPU threads and run the event loop until the VM stops.
+    let mut event_loop = EventLoop::new(control.clone())?;
+    let _raw = if config.console == ConsoleMode::Stdio {
+        event_loop.add(Arc::new(Mutex::new(ConsoleInput::new(
+            serial.clone(),
+            control.clone(),
+        ))));
+        terminal::RawTerminal::enable()
+    } else {
+        None
+    };
+    let mut handles = Vec::new();
+    for v in vcpus {
+        match v.start() {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                control.request_stop(StopReason::Fatal(e.to_string()));
+                break;
+            }
+        }
+    }
+    let loop_result = event_loop.run();
+    if let Err(e) = &loop_result {
+        control.request_stop(StopReason::Fatal(e.to_string()));
+    }
+
+    // 9. Tear down: stop and join every vCPU, flush the console.
+    let mut stats = ExitStats::default();
+    let mut repairs = Vec::new();
+    for h in handles {
+        kick_until_done(&h);
+        if let Ok(v) = h.join() {
+            stats.add(&v.stats);
+            if let Some(r) = v.repairs() {
+                repairs.push(format!("vCPU {}: {}", v.id(), r.summary()));
+            }
+        }
+    }
+    serial.lock().expect("serial lock").flush();
+    let reason = control
+        .reason()
+        .unwrap_or_else(|| StopReason::Fatal("the VM stopped without a reason".into()));
+    Ok(RunSummary {
+        reason,
+        stats,
+        repairs,
+    })
+}
+
+/// Kicks a vCPU thread out of KVM_RUN until it has finished.
+fn kick_until_done<T>(h: &std::thread::JoinHandle<T>) {
+    use std::os::unix::thread::JoinHandleExt;
+    while !h.is_finished() {
+        // SAFETY: the thread is not joined yet, so its pthread_t is valid.
+        unsafe { libc::pthread_kill(h.as_pthread_t(), crate::vcpu::kick::signal()) };
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
