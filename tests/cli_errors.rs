@@ -1,0 +1,175 @@
+//! Bad input: every case ends kiln with exit code 2 and exactly one error
+//! line that names the problem, never a panic or a hang.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "payload/mod.rs"]
+mod payload;
+
+use std::time::Duration;
+
+use common::{run, Outcome};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn expect_usage_error(o: &Outcome, needle: &str) {
+    o.check(o.code == Some(2), "exit code 2");
+    let errors = o.errors();
+    o.check(errors.len() == 1, "exactly one error line");
+    o.check(
+        errors[0].contains(needle),
+        &format!("the error names the problem ({needle})"),
+    );
+    o.check(!o.stderr.contains("panicked"), "no panic");
+    o.check(o.stdout.is_empty(), "the guest never ran");
+}
+
+fn payload() -> String {
+    payload::build().to_str().unwrap().to_string()
+}
+
+fn run_kiln(extra: &[&str]) -> Outcome {
+    let k = payload();
+    let mut args = vec!["run", "--kernel", &k];
+    args.extend_from_slice(extra);
+    run(&args, TIMEOUT)
+}
+
+#[test]
+fn missing_kernel() {
+    let o = run(&["run", "--kernel", "/nonexistent/vmlinux"], TIMEOUT);
+    expect_usage_error(&o, "cannot open kernel /nonexistent/vmlinux");
+}
+
+#[test]
+fn kernel_is_a_directory() {
+    let o = run(&["run", "--kernel", "/tmp"], TIMEOUT);
+    expect_usage_error(&o, "is not a regular file");
+}
+
+#[test]
+fn kernel_is_not_a_kernel() {
+    let dir = common::scratch("notkernel");
+    let f = dir.join("script.sh");
+    std::fs::write(&f, "#!/bin/sh\necho hello\n").unwrap();
+    let o = run(&["run", "--kernel", f.to_str().unwrap()], TIMEOUT);
+    expect_usage_error(&o, "is not a Linux kernel");
+    // A truncated ELF: right magic, nothing behind it.
+    std::fs::write(&f, b"\x7fELF\x02\x01\x01").unwrap();
+    let o = run(&["run", "--kernel", f.to_str().unwrap()], TIMEOUT);
+    expect_usage_error(&o, "cannot load the ELF kernel");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn missing_and_empty_initrd() {
+    let o = run_kiln(&["--initrd", "/nonexistent/initrd"]);
+    expect_usage_error(&o, "cannot open initrd");
+    let dir = common::scratch("emptyrd");
+    let f = dir.join("empty.cpio");
+    std::fs::write(&f, b"").unwrap();
+    let o = run_kiln(&["--initrd", f.to_str().unwrap()]);
+    expect_usage_error(&o, "is empty");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn initrd_that_does_not_fit() {
+    let dir = common::scratch("bigrd");
+    let f = dir.join("big.cpio");
+    // Sparse: 100 MiB that cost nothing on disk, for a 64 MiB guest.
+    std::fs::File::create(&f)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let o = run_kiln(&["--initrd", f.to_str().unwrap(), "--memory", "64M"]);
+    expect_usage_error(&o, "does not fit");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cmdline_too_long() {
+    let long = "x".repeat(3000);
+    let o = run_kiln(&["--cmdline", &long]);
+    expect_usage_error(&o, "more than this kernel accepts");
+}
+
+#[test]
+fn bad_memory_sizes() {
+    expect_usage_error(&run_kiln(&["--memory", "lots"]), "invalid --memory 'lots'");
+    expect_usage_error(&run_kiln(&["--memory", "1.5G"]), "invalid --memory");
+    expect_usage_error(&run_kiln(&["--memory", "8M"]), "too small");
+    expect_usage_error(&run_kiln(&["--memory", "64T"]), "exceeds this host's RAM");
+}
+
+#[test]
+fn bad_cpu_counts() {
+    expect_usage_error(&run_kiln(&["--cpus", "0"]), "--cpus must be at least 1");
+    expect_usage_error(&run_kiln(&["--cpus", "33"]), "more than kiln supports");
+    // Not a number at all: clap's own usage error, also exit code 2.
+    let o = run_kiln(&["--cpus", "two"]);
+    o.check(
+        o.code == Some(2) && !o.stderr.contains("panicked"),
+        "clap rejects it",
+    );
+}
+
+#[test]
+fn bad_console() {
+    expect_usage_error(&run_kiln(&["--console", "tty"]), "invalid --console");
+    expect_usage_error(
+        &run_kiln(&["--console", "file:/nonexistent/dir/log"]),
+        "cannot open console file",
+    );
+}
+
+#[test]
+fn no_kvm_device() {
+    expect_usage_error(
+        &run_kiln(&["--kvm-device", "/nonexistent/kvm"]),
+        "does not exist",
+    );
+}
+
+#[test]
+fn not_a_kvm_device() {
+    // /dev/null opens, but answers no KVM ioctl: the API version check says so.
+    expect_usage_error(&run_kiln(&["--kvm-device", "/dev/null"]), "KVM API version");
+}
+
+#[test]
+fn no_permission_on_kvm() {
+    // Run as an unprivileged user (we are root in CI); /dev/kvm is root-only
+    // here. Where that is not so, the test has nothing to show.
+    let meta = std::fs::metadata("/dev/kvm");
+    let root_only = meta.map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o006 == 0
+    });
+    if !matches!(root_only, Ok(true)) || unsafe_geteuid() != 0 {
+        eprintln!("skipping: /dev/kvm is not root-only or we are not root");
+        return;
+    }
+    let dir = common::scratch("noperm");
+    let k = dir.join("payload.elf");
+    std::fs::copy(payload::build(), &k).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(["run", "--kernel", k.to_str().unwrap()]);
+    let o = common::Running::start(cmd).wait(TIMEOUT);
+    if o.stderr.contains("Permission denied") && o.code == Some(126) {
+        eprintln!("skipping: the kiln binary is not reachable for an unprivileged user");
+        return;
+    }
+    expect_usage_error(&o, "permission denied opening /dev/kvm");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}

@@ -1,0 +1,247 @@
+//! The real kiln binary boots the bare-metal test payload: serial output
+//! and input, the boot timer, reset, poweroff, fatal exits, signals,
+//! multiple vCPUs, memory above the MMIO gap, and (on hosts that need it)
+//! the fallback instruction emulator. Each run takes well under a second.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "payload/mod.rs"]
+mod payload;
+
+use std::time::Duration;
+
+use common::{kiln, run, Outcome, Running};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn boot(mode: &str, extra: &[&str]) -> Outcome {
+    let elf = payload::build();
+    let cmdline = format!("payload={mode}");
+    let mut args = vec![
+        "run",
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+    ];
+    args.extend_from_slice(extra);
+    run(&args, TIMEOUT)
+}
+
+fn line(mode_line: &str) -> String {
+    format!("{}{mode_line}", payload::PREFIX)
+}
+
+#[test]
+fn hello_prints_times_and_resets() {
+    let o = boot("hello", &[]);
+    o.check(o.code == Some(0), "a guest reset ends kiln with 0");
+    o.check(
+        o.stdout.contains(&line("hello from the guest")),
+        "guest output on stdout",
+    );
+    o.check(
+        o.stdout.contains(&line("done")),
+        "the guest ran past the boot-timer write",
+    );
+    o.check(
+        o.stderr.contains("boot-timer: guest boot time"),
+        "boot timer logged",
+    );
+    o.check(
+        o.stderr.contains("guest requested a reset"),
+        "reset came from the i8042",
+    );
+    o.check(o.errors().is_empty(), "no error lines");
+}
+
+#[test]
+fn console_input_reaches_the_guest() {
+    let elf = payload::build();
+    let mut cmd = kiln();
+    cmd.args([
+        "run",
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--cmdline",
+        "payload=echo",
+    ]);
+    // 300 bytes: more than the UART's 64-byte FIFO holds at once.
+    // Letters a..p only: 'q' ends the echo.
+    let text: String = (0..300).map(|i| (b'a' + (i % 16) as u8) as char).collect();
+    let mut r = Running::start(cmd);
+    assert!(r.wait_for_stdout("mode=echo", TIMEOUT));
+    r.send(text.as_bytes());
+    r.send(b"q");
+    let o = r.wait(TIMEOUT);
+    o.check(o.code == Some(0), "echo mode ends with a reset");
+    o.check(
+        o.stdout.contains(&text),
+        "every input byte echoed back in order",
+    );
+    o.check(
+        o.stdout.contains(&line("echo done")),
+        "the guest saw the final q",
+    );
+}
+
+#[test]
+fn ctrl_a_x_quits() {
+    let elf = payload::build();
+    let mut cmd = kiln();
+    cmd.args([
+        "run",
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--cmdline",
+        "payload=echo",
+    ]);
+    let mut r = Running::start(cmd);
+    assert!(r.wait_for_stdout("mode=echo", TIMEOUT));
+    r.send(b"ab\x01\x01c");
+    assert!(
+        r.wait_for_stdout("ab\x01c", TIMEOUT),
+        "Ctrl-A Ctrl-A sends one Ctrl-A"
+    );
+    r.send(b"\x01x");
+    let o = r.wait(TIMEOUT);
+    o.check(o.code == Some(0), "Ctrl-A x exits 0");
+    o.check(
+        !o.stdout.contains(&line("echo done")),
+        "the guest did not finish by itself",
+    );
+    o.check(o.stderr.contains("ConsoleQuit"), "stop reason logged");
+}
+
+#[test]
+fn halt_with_interrupts_off_is_a_poweroff() {
+    let o = boot("halt", &[]);
+    o.check(o.code == Some(0), "poweroff exits 0");
+    o.check(
+        o.stderr.contains("the guest powered off"),
+        "poweroff detected",
+    );
+}
+
+#[test]
+fn two_vcpus_halted_is_a_poweroff_too() {
+    let o = boot("halt", &["--cpus", "2"]);
+    o.check(
+        o.code == Some(0) && !o.timed_out,
+        "poweroff with an AP that never started",
+    );
+}
+
+#[test]
+fn triple_fault_is_one_error_line() {
+    let o = boot("triple", &[]);
+    o.check(o.code == Some(1), "a triple fault exits 1");
+    let errors = o.errors();
+    o.check(errors.len() == 1, "exactly one error line");
+    o.check(
+        errors[0].contains("KVM_EXIT_SHUTDOWN")
+            && errors[0].contains("vCPU 0")
+            && errors[0].contains("RIP 0x"),
+        "the line names exit, vCPU and RIP",
+    );
+    o.check(!o.stderr.contains("panicked"), "no panic");
+}
+
+#[test]
+fn unassigned_ports_and_mmio_are_survived() {
+    let o = boot("badport", &[]);
+    o.check(o.code == Some(0), "reset at the end");
+    o.check(o.stdout.contains(&line("survived")), "the guest went on");
+}
+
+fn signal_stops(sig: i32, expected: i32) {
+    let elf = payload::build();
+    let mut cmd = kiln();
+    cmd.args([
+        "run",
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--cmdline",
+        "payload=spin",
+        "--cpus",
+        "2",
+    ]);
+    let mut r = Running::start(cmd);
+    assert!(r.wait_for_stdout("spinning", TIMEOUT));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(r.pid(), sig) };
+    let o = r.wait(TIMEOUT);
+    o.check(o.code == Some(expected), "exit code 128 + signal");
+    o.check(
+        o.stdout.contains(&line("spinning")),
+        "the guest was running",
+    );
+    o.check(o.elapsed < Duration::from_secs(10), "stopped promptly");
+}
+
+#[test]
+fn sigterm_exits_143() {
+    signal_stops(libc::SIGTERM, 143);
+}
+
+#[test]
+fn sigint_exits_130() {
+    signal_stops(libc::SIGINT, 130);
+}
+
+#[test]
+fn console_to_file_and_none() {
+    let dir = common::scratch("console");
+    let file = dir.join("console.log");
+    let arg = format!("file:{}", file.display());
+    let o = boot("hello", &["--console", &arg]);
+    o.check(o.code == Some(0), "runs");
+    o.check(!o.stdout.contains("hello"), "nothing on stdout");
+    let logged = std::fs::read_to_string(&file).unwrap();
+    assert!(logged.contains(&line("hello from the guest")), "{logged}");
+    let o = boot("hello", &["--console", "none"]);
+    o.check(
+        o.code == Some(0) && o.stdout.is_empty(),
+        "console none prints nothing",
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn ram_above_the_mmio_gap() {
+    let o = boot("hello", &["--memory", "4G"]);
+    o.check(
+        o.code == Some(0),
+        "4 GiB guest (split around the gap) boots",
+    );
+}
+
+#[test]
+fn emulated_instructions_give_architectural_results() {
+    let o = boot("insns", &["-v"]);
+    o.check(o.code == Some(0), "the insns run ends with a reset");
+    for name in payload::INSNS {
+        let ok = line(&format!("insn {name} ok"));
+        let skipped = line(&format!("insn {name} skipped"));
+        o.check(
+            o.stdout.contains(&ok) || o.stdout.contains(&skipped),
+            &format!("{name}: ok or skipped"),
+        );
+    }
+    o.check(!o.stdout.contains("FAIL"), "no failed check");
+    o.check(o.stdout.contains(&line("insns done")), "ran to the end");
+    // On a host with repairs, each instruction went through kiln's emulator.
+    if o.stderr.contains("host repairs on") {
+        for n in [
+            "popcnt=6",
+            "int3=1",
+            "fwait=1",
+            "clac=1",
+            "stac=1",
+            "xgetbv=1",
+            "cmpxchg8b/16b=3",
+        ] {
+            o.check(o.stderr.contains(n), &format!("repair counter {n}"));
+        }
+    }
+}
