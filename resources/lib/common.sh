@@ -1,0 +1,117 @@
+# shellcheck shell=bash
+# Helpers shared by the scripts in resources/. Source it; don't run it.
+#
+# Environment:
+#   KILN_CACHE_DIR  cache for downloaded .debs, kernel sources and built
+#                   kernels (default /var/cache/kiln). Never required to exist.
+#   KILN_BUILD_DIR  output directory (default <repo>/build).
+#   KILN_VERBOSE=1  show the output of long commands instead of hiding it.
+
+KILN_RESOURCES=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KILN_ROOT=$(cd "$KILN_RESOURCES/.." && pwd)
+KILN_BUILD_DIR=${KILN_BUILD_DIR:-$KILN_ROOT/build}
+KILN_CACHE_DIR=${KILN_CACHE_DIR:-/var/cache/kiln}
+export DEBIAN_FRONTEND=noninteractive
+
+die() {
+    echo "${0##*/}: error: $*" >&2
+    exit 1
+}
+
+# run_logged LOG CMD...: run CMD with its output appended to LOG. On failure
+# print the command and the end of LOG, and return CMD's status.
+run_logged() {
+    local log=$1 rc=0
+    shift
+    mkdir -p "$(dirname "$log")"
+    if [ "${KILN_VERBOSE:-0}" = 1 ]; then
+        "$@" 2>&1 | tee -a "$log"
+        rc=${PIPESTATUS[0]}
+    else
+        "$@" >>"$log" 2>&1 || rc=$?
+    fi
+    if [ "$rc" -ne 0 ]; then
+        {
+            echo "${0##*/}: command failed (exit $rc): $*"
+            echo "---- last 60 lines of $log ----"
+            tail -n 60 "$log"
+            echo "----"
+        } >&2
+    fi
+    return "$rc"
+}
+
+# ensure_host: install the host packages (fast no-op when all are present).
+ensure_host() {
+    "$KILN_RESOURCES/setup-host.sh" >/dev/null
+}
+
+# apt_update_once: `apt-get update`, at most once per script run.
+_kiln_apt_updated=0
+apt_update_once() {
+    [ "$_kiln_apt_updated" = 0 ] || return 1
+    _kiln_apt_updated=1
+    run_logged "$(mktemp /tmp/kiln-apt-update.XXXXXX.log)" apt-get update -q ||
+        die "apt-get update failed"
+}
+
+# apt_candidate PKG: print the candidate version of PKG, running
+# `apt-get update` once if apt does not know the package yet.
+apt_candidate() {
+    local pkg=$1 ver
+    while :; do
+        ver=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
+        if [ -n "$ver" ] && [ "$ver" != "(none)" ]; then
+            echo "$ver"
+            return
+        fi
+        apt_update_once || die "apt knows no package named $pkg"
+    done
+}
+
+# fetch_deb PKG VERSION: print the path of PKG_VERSION's .deb in the cache,
+# downloading it with `apt-get download` if it is not there yet.
+fetch_deb() {
+    local pkg=$1 ver=$2 dir="$KILN_CACHE_DIR/debs" tmp deb log
+    mkdir -p "$dir"
+    deb="$dir/${pkg}_${ver//:/%3a}.deb"
+    if [ -s "$deb" ] && dpkg-deb --info "$deb" >/dev/null 2>&1; then
+        echo "$deb"
+        return
+    fi
+    tmp=$(mktemp -d "$dir/.download.XXXXXX")
+    log="$tmp/apt.log"
+    # The _apt sandbox user may not be able to write into $tmp; apt then
+    # downloads as root and warns, which is fine.
+    if ! (cd "$tmp" && run_logged "$log" apt-get download -q "$pkg=$ver"); then
+        # The lists may be stale (version gone from the mirror): refresh once.
+        (cd "$tmp" && run_logged "$log" apt-get update -q &&
+            run_logged "$log" apt-get download -q "$pkg=$ver") ||
+            { rm -rf "$tmp"; die "could not download $pkg=$ver"; }
+    fi
+    set -- "$tmp"/*.deb
+    [ -f "$1" ] || { rm -rf "$tmp"; die "apt-get download $pkg=$ver produced no .deb"; }
+    mv -f "$1" "$deb"
+    rm -rf "$tmp"
+    echo "$deb"
+}
+
+# with_lock NAME: take an exclusive lock (held until the script exits) so
+# two concurrent runs don't build the same thing into the same place.
+with_lock() {
+    local lockdir="$KILN_CACHE_DIR/locks"
+    mkdir -p "$lockdir"
+    exec {_kiln_lock_fd}>"$lockdir/$1.lock"
+    flock "$_kiln_lock_fd"
+}
+
+# install_file SRC DST: copy SRC to DST atomically, unless identical.
+install_file() {
+    local src=$1 dst=$2
+    if [ -f "$dst" ] && cmp -s "$src" "$dst"; then
+        return
+    fi
+    mkdir -p "$(dirname "$dst")"
+    cp -f "$src" "$dst.tmp.$$"
+    mv -f "$dst.tmp.$$" "$dst"
+}
