@@ -1,11 +1,11 @@
 #!/bin/bash
 # Prepare the default guest artifacts in one go:
 #   host packages, the minimal kernel (build/guest/minimal/), the busybox
-#   initramfs (build/guest/initramfs.cpio.gz) and rootfs
+#   initramfs (build/guest/initramfs.cpio) and rootfs
 #   (build/guest/rootfs.ext4);
 #   with --debian (or KILN_DEBIAN=1) also Debian's cloud kernel
 #   (build/guest/debian/) and an initramfs that loads its virtio modules
-#   (build/guest/debian/initramfs.cpio.gz; list in KILN_DEBIAN_MODULES).
+#   (build/guest/debian/initramfs.cpio; list in KILN_DEBIAN_MODULES).
 # Prints every produced path, one per line, at the end.
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
@@ -26,7 +26,7 @@ paths+=$'\n'$("$r/initramfs.sh")
 paths+=$'\n'$("$r/rootfs.sh")
 if [ "$debian" = 1 ]; then
     paths+=$'\n'$("$r/debian-kernel.sh")
-    paths+=$'\n'$("$r/initramfs.sh" -o "$KILN_BUILD_DIR/guest/debian/initramfs.cpio.gz" \
+    paths+=$'\n'$("$r/initramfs.sh" -o "$KILN_BUILD_DIR/guest/debian/initramfs.cpio" \
         --modules "$KILN_BUILD_DIR/guest/debian/modules" \
         --load "${KILN_DEBIAN_MODULES:-virtio_mmio virtio_pci virtio_blk virtio_net}")
 fi

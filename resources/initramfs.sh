@@ -1,9 +1,12 @@
 #!/bin/bash
-# Build kiln's busybox initramfs (gzip-compressed newc cpio).
+# Build kiln's busybox initramfs (newc cpio; gzip-compressed when PATH
+# ends in .gz).
 #
 #   initramfs.sh [-o PATH] [--modules DIR --load "mod1 mod2 ..."]
 #
-# Default output: build/guest/initramfs.cpio.gz. /init is
+# Default output: build/guest/initramfs.cpio, uncompressed: on nested
+# kvm_pvm hosts the guest kernel's ring 0 is emulated, and inflating a
+# gzip archive there costs tens of seconds. /init is
 # resources/init/init.sh. --modules DIR (a lib/modules/<release> tree, e.g.
 # build/guest/debian/modules) with --load copies those modules (plus their
 # dependencies from DIR/modules.dep) into /lib/modules and has init insmod
@@ -13,7 +16,7 @@ set -euo pipefail
 . "$KILN_RESOURCES/lib/busybox-tree.sh"
 
 usage() { echo "usage: ${0##*/} [-o PATH] [--modules DIR --load \"MOD ...\"]" >&2; exit 2; }
-output="$KILN_BUILD_DIR/guest/initramfs.cpio.gz" moddir='' load=''
+output="$KILN_BUILD_DIR/guest/initramfs.cpio" moddir='' load=''
 while [ $# -gt 0 ]; do
     case $1 in
         -o|--output) [ $# -ge 2 ] || usage; output=$2; shift 2 ;;
@@ -33,6 +36,10 @@ trap 'rm -rf "$tmp"' EXIT
 busybox_tree "$tmp/root" "$moddir" "$load"
 cp -p "$tmp/root/sbin/init" "$tmp/root/init"
 (cd "$tmp/root" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
-    cpio --null -o -H newc --owner=0:0 --renumber-inodes --ignore-devno --quiet) | gzip -9n >"$tmp/initramfs.cpio.gz"
-install_file "$tmp/initramfs.cpio.gz" "$output"
+    cpio --null -o -H newc --owner=0:0 --renumber-inodes --ignore-devno --quiet) >"$tmp/initramfs.cpio"
+case $output in
+    *.gz) gzip -9n <"$tmp/initramfs.cpio" >"$tmp/out" ;;
+    *) mv "$tmp/initramfs.cpio" "$tmp/out" ;;
+esac
+install_file "$tmp/out" "$output"
 echo "$output"

@@ -6,7 +6,7 @@
 # Config = `make tinyconfig` + resources/kernel/VARIANT.config, merged with
 # scripts/kconfig/merge_config.sh and olddefconfig. Every line of the
 # fragment is then checked against the final .config.
-# Outputs: build/guest/VARIANT/{vmlinux,bzImage,config}.
+# Outputs: build/guest/VARIANT/{vmlinux,bzImage,config,version}.
 # Cache: $KILN_CACHE_DIR/kernel-VARIANT-<sha256(fragment, this script,
 # source package and version)>/, plus the downloaded .deb in
 # $KILN_CACHE_DIR/debs/. Source tree and objects live in build/work/.
@@ -30,10 +30,11 @@ publish() {
     install_file "$cache/vmlinux" "$out/vmlinux"
     install_file "$cache/bzImage" "$out/bzImage"
     install_file "$cache/config" "$out/config"
+    install_file "$cache/version" "$out/version"
     echo "$out/vmlinux"
     echo "$out/bzImage"
 }
-cached() { [ -s "$cache/vmlinux" ] && [ -s "$cache/bzImage" ] && [ -s "$cache/config" ]; }
+cached() { [ -s "$cache/vmlinux" ] && [ -s "$cache/bzImage" ] && [ -s "$cache/config" ] && [ -s "$cache/version" ]; }
 
 if cached; then publish; exit 0; fi
 mkdir -p "$KILN_CACHE_DIR"
@@ -116,6 +117,7 @@ cp "$vmlinux" "$cache.tmp.$$/vmlinux"
 cp "$bzimage" "$cache.tmp.$$/bzImage"
 cp "$obj/.config" "$cache.tmp.$$/config"
 echo "$src_pkg=$src_ver" >"$cache.tmp.$$/source"
+"${kmake[@]}" -s kernelrelease >"$cache.tmp.$$/version"
 rm -rf "$cache"
 mv "$cache.tmp.$$" "$cache"
 publish

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use boot::layout;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -47,6 +47,9 @@ pub enum VmError {
     /// KVM_CREATE_PIT2 failed.
     #[error("cannot create the in-kernel PIT: {0}")]
     CreatePit(kvm_ioctls::Error),
+    /// KVM_CREATE_VCPU failed.
+    #[error("cannot create vCPU {0}: {1}")]
+    CreateVcpu(u8, kvm_ioctls::Error),
     /// mmap of guest RAM failed.
     #[error("cannot allocate {0} MiB of guest RAM: {1}")]
     AllocMemory(u64, String),
@@ -96,16 +99,18 @@ fn check_kvm(kvm: &Kvm) -> Result<(), VmError> {
     Ok(())
 }
 
-/// A created VM with its RAM.
+/// A created VM with its RAM and vCPU file descriptors.
 pub struct Vm {
     /// The VM file descriptor.
     pub fd: VmFd,
     /// Guest RAM.
     pub mem: GuestMemoryMmap,
+    /// One fd per vCPU, taken by the vCPU threads.
+    pub vcpu_fds: Vec<VcpuFd>,
 }
 
 impl Vm {
-    /// Creates the VM with its irqchip and PIT (boot phase 3).
+    /// Creates the VM with its irqchip, PIT and vCPUs (boot phase 3).
     pub fn new(kvm: &Kvm, cpus: u8) -> Result<Vm, VmError> {
         let max = kvm.get_max_vcpus();
         if usize::from(cpus) > max {
@@ -122,8 +127,20 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::CreatePit)?;
+        // vCPUs are created after the irqchip, so their LAPICs are in-kernel.
+        let vcpu_fds = (0..cpus)
+            .map(|id| {
+                fd.create_vcpu(u64::from(id))
+                    .map_err(|e| VmError::CreateVcpu(id, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mem = GuestMemoryMmap::default();
-        Ok(Vm { fd, mem })
+        Ok(Vm { fd, mem, vcpu_fds })
+    }
+
+    /// The TSC frequency KVM gives the guest, in kHz.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.vcpu_fds.first()?.get_tsc_khz().ok()
     }
 
     /// Allocates guest RAM around the MMIO gap and registers it (boot phase 4).

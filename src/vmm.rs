@@ -9,6 +9,7 @@ use boot::cpu::EntryMode;
 use boot::{layout, loader, mptable, zero_page};
 use devices::boot_timer::BootTimer;
 use devices::bus::Bus;
+use devices::cmos::Cmos;
 use devices::i8042::I8042;
 use devices::serial::Serial;
 
@@ -114,10 +115,11 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
         }
         None => None,
     };
-    let mut defaults = vec![DEFAULT_CMDLINE];
+    let mut defaults = vec![DEFAULT_CMDLINE.to_string()];
     if repairs_on {
-        defaults.push(pvm::DEFAULT_CMDLINE);
+        defaults.push(pvm::default_cmdline(vm.tsc_khz()));
     }
+    let defaults: Vec<&str> = defaults.iter().map(String::as_str).collect();
     let cmdline = cmdline::compose(&defaults, &[], config.cmdline.as_deref().unwrap_or(""));
     if cmdline.len() > kernel.cmdline_max() {
         return Err(VmmError::CmdlineTooLong {
@@ -172,6 +174,21 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
         layout::ports::I8042_LEN.into(),
         Arc::new(Mutex::new(i8042)),
     )?;
+    let (below_4g, above_4g) =
+        layout::ram_regions(config.mem_size)
+            .iter()
+            .fold((0, 0), |(lo, hi), &(start, size)| {
+                if start < layout::MMIO_GAP_END {
+                    (lo + size, hi)
+                } else {
+                    (lo, hi + size)
+                }
+            });
+    pio.insert(
+        layout::ports::CMOS.into(),
+        layout::ports::CMOS_LEN.into(),
+        Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))),
+    )?;
     mmio.insert(
         layout::BOOT_TIMER_START,
         layout::BOOT_TIMER_SIZE,
@@ -182,11 +199,11 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
     // 7. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
     crate::vcpu::kick::install_handler().map_err(VmmError::EventFd)?;
     let mut vcpus = Vec::new();
-    for id in 0..config.cpus {
+    for (id, fd) in (0..config.cpus).zip(std::mem::take(&mut vm.vcpu_fds)) {
         let repairs = repairs_on.then(|| pvm::HostRepairs::new(vm.mem.clone()));
         vcpus.push(Vcpu::new(
             &kvm,
-            &vm.fd,
+            fd,
             id,
             config.cpus,
             pio.clone(),

@@ -101,6 +101,10 @@ pub mod ports {
     pub const COM1_LEN: u16 = 8;
     /// COM1 interrupt line.
     pub const COM1_IRQ: u32 = 4;
+    /// CMOS/RTC index port; data at +1.
+    pub const CMOS: u16 = 0x70;
+    /// Number of CMOS ports.
+    pub const CMOS_LEN: u16 = 2;
     /// i8042 data port.
     pub const I8042_DATA: u16 = 0x60;
     /// i8042 command/status port (0x64); the window 0x60..0x65 covers both.
@@ -171,8 +175,11 @@ mod tests {
                 );
             }
         }
-        assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000 && BOOT_STACK_POINTER < PML4_START);
-        assert!(BOOT_TIMER_START + BOOT_TIMER_SIZE <= VIRTIO_MMIO_START);
-        assert!(KVM_TSS_START + 0x3000 <= MMIO_GAP_END);
+        const {
+            assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+            assert!(BOOT_STACK_POINTER < PML4_START);
+            assert!(BOOT_TIMER_START + BOOT_TIMER_SIZE <= VIRTIO_MMIO_START);
+            assert!(KVM_TSS_START + 0x3000 <= MMIO_GAP_END);
+        }
     }
 }

@@ -2,11 +2,12 @@
 //! SSE state and guest-virtual memory (translated with KVM_TRANSLATE),
 //! loaded on demand and written back once.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::emulate::{self, MemFault, Outcome};
+use super::emulate::{self, Machine, MemFault, Outcome};
+use super::syscall::{self, FaultFrame};
 use super::PvmError;
 
 const PAGE: u64 = 4096;
@@ -124,6 +125,60 @@ impl<'a> VcpuMachine<'a> {
             .map_err(|e| PvmError::VcpuState("write", e))
     }
 
+    /// Reads one MSR.
+    pub fn read_msr(&self, index: u32) -> Option<u64> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .ok()?;
+        match self.fd.get_msrs(&mut msrs) {
+            Ok(1) => Some(msrs.as_slice()[0].data),
+            _ => None,
+        }
+    }
+
+    /// The guest's page-fault handler, from IDT[14], once it has an IDT.
+    pub fn page_fault_handler(&mut self) -> Option<u64> {
+        let idt = self.sregs.idt;
+        let offset = syscall::PF_VECTOR * syscall::GATE_SIZE;
+        if u64::from(idt.limit) < offset + syscall::GATE_SIZE - 1 {
+            return None;
+        }
+        let mut gate = [0u8; 16];
+        self.read_mem(idt.base + offset, &mut gate).ok()?;
+        syscall::gate_handler(&gate)
+    }
+
+    /// The exception frame at RSP (the vCPU sits on a handler's first instruction).
+    pub fn fault_frame(&mut self) -> Option<FaultFrame> {
+        let mut b = [0u8; FaultFrame::SIZE];
+        self.read_mem(self.regs.rsp, &mut b).ok()?;
+        Some(FaultFrame::parse(&b))
+    }
+
+    /// Finishes a SYSCALL the host left at ring 3: drop the fault frame
+    /// and enter LSTAR at ring 0 with the kernel's CS/SS from STAR.
+    pub fn complete_syscall(
+        &mut self,
+        frame: &FaultFrame,
+        lstar: u64,
+        star: u64,
+    ) -> Result<(), PvmError> {
+        let (cs, ss) = syscall::syscall_segments(star);
+        self.sregs.cs = cs;
+        self.sregs.ss = ss;
+        self.regs.rip = lstar;
+        self.regs.rsp = frame.rsp;
+        self.regs.rflags = (frame.rflags & !RFLAGS_RF) | 2;
+        self.fd
+            .set_sregs(&self.sregs)
+            .map_err(|e| PvmError::VcpuState("write", e))?;
+        self.fd
+            .set_regs(&self.regs)
+            .map_err(|e| PvmError::VcpuState("write", e))
+    }
+
     /// If RIP is parked on a VMCALL, completes it with -KVM_ENOSYS.
     pub fn complete_vmcall(&mut self) -> Result<bool, PvmError> {
         // Only ring 0 makes hypercalls.
@@ -132,7 +187,7 @@ impl<'a> VcpuMachine<'a> {
         }
         let mut b = [0u8; 3];
         let rip = self.regs.rip;
-        if emulate::Machine::read_mem(self, rip, &mut b).is_err() || !emulate::is_vmcall(&b) {
+        if self.read_mem(rip, &mut b).is_err() || !emulate::is_vmcall(&b) {
             return Ok(false);
         }
         self.regs.rax = KVM_ENOSYS.wrapping_neg();
@@ -144,7 +199,7 @@ impl<'a> VcpuMachine<'a> {
     }
 }
 
-impl emulate::Machine for VcpuMachine<'_> {
+impl Machine for VcpuMachine<'_> {
     fn get_gpr(&self, index: usize) -> u64 {
         let r = &self.regs;
         [

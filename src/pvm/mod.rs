@@ -9,12 +9,16 @@
 
 pub mod emulate;
 mod machine;
+pub mod syscall;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use kvm_bindings::kvm_cpuid_entry2;
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_debug_exit_arch, kvm_guest_debug, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+};
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 
@@ -37,7 +41,18 @@ pub enum PvmError {
 /// Kernel command-line switches a stock kernel needs here: avoid the
 /// instructions the host's emulator rejects (XSAVE family, POPCNT, SMAP's
 /// CLAC/STAC on every interrupt, SSSE3 SIMD in ring 0).
-pub const DEFAULT_CMDLINE: &str = "noxsave clearcpuid=popcnt,smap,ssse3";
+pub const AVOID_INSNS_CMDLINE: &str = "clearcpuid=xsave,popcnt,smap,ssse3";
+
+/// The switches for this host: [`AVOID_INSNS_CMDLINE`] plus the TSC
+/// frequency, because calibrating the TSC against the PIT fails when
+/// every guest instruction is emulated (the kernel then marks the TSC
+/// unstable and its delay loops run thousands of times too long).
+pub fn default_cmdline(tsc_khz: Option<u32>) -> String {
+    match tsc_khz {
+        Some(khz) if khz > 0 => format!("{AVOID_INSNS_CMDLINE} tsc_early_khz={khz}"),
+        _ => AVOID_INSNS_CMDLINE.to_string(),
+    }
+}
 
 /// Whether this host is a nested PVM host, from the names of the loaded
 /// kernel modules (`/sys/module`).
@@ -122,6 +137,24 @@ impl fmt::Display for EmulationFailure {
     }
 }
 
+/// CPUID leaf with KVM's paravirtual feature bits (EAX) and hints (EDX).
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+
+/// Offers the guest no KVM paravirtual features. Each of them (kvmclock
+/// and ptp_kvm, PV IPIs, PV spinlock kicks, PV sched yield, PV TLB flush)
+/// either makes the guest issue VMCALLs, which the host's emulator never
+/// completes, or is not needed with `tsc_early_khz`. The KVM signature
+/// leaf stays, so the guest still knows it runs under KVM.
+pub fn hide_kvm_pv_features(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries
+        .iter_mut()
+        .filter(|e| e.function == KVM_CPUID_FEATURES)
+    {
+        e.eax = 0;
+        e.edx = 0;
+    }
+}
+
 /// Names an emulated instruction for the per-repair counters.
 pub fn mnemonic(bytes: &[u8]) -> &'static str {
     let mut i = 0;
@@ -156,10 +189,18 @@ pub fn mnemonic(bytes: &[u8]) -> &'static str {
 /// The repairs of one vCPU, with their counters.
 pub struct HostRepairs {
     mem: GuestMemoryMmap,
+    /// The page-fault handler the breakpoint is armed on.
+    armed_at: Option<u64>,
+    /// Single-stepping past the breakpoint after passing a fault on.
+    stepping: bool,
     /// Emulated instructions by name.
     pub emulated: BTreeMap<&'static str, u64>,
     /// VMCALLs completed with -KVM_ENOSYS.
     pub vmcalls: u64,
+    /// SYSCALLs completed by kiln.
+    pub syscalls: u64,
+    /// Page faults passed on to the guest untouched.
+    pub faults_passed: u64,
 }
 
 impl HostRepairs {
@@ -167,13 +208,19 @@ impl HostRepairs {
     pub fn new(mem: GuestMemoryMmap) -> Self {
         HostRepairs {
             mem,
+            armed_at: None,
+            stepping: false,
             emulated: BTreeMap::new(),
             vmcalls: 0,
+            syscalls: 0,
+            faults_passed: 0,
         }
     }
 
-    /// Adjusts the CPUID a vCPU is given (nothing needed so far).
-    pub fn patch_cpuid(&self, _entries: &mut [kvm_cpuid_entry2]) {}
+    /// Adjusts the CPUID a vCPU is given: see [`hide_kvm_pv_features`].
+    pub fn patch_cpuid(&self, entries: &mut [kvm_cpuid_entry2]) {
+        hide_kvm_pv_features(entries);
+    }
 
     /// The host gave up on an instruction: emulate it and resume.
     pub fn on_emulation_failure(
@@ -193,18 +240,103 @@ impl HostRepairs {
     }
 
     /// Called on every periodic tick: completes a VMCALL the host's
-    /// emulator would otherwise re-execute forever.
+    /// emulator would otherwise re-execute forever, and (re-)arms the
+    /// SYSCALL repair once the guest has an IDT and an LSTAR, or when its
+    /// page-fault handler moved.
     pub fn on_tick(&mut self, fd: &VcpuFd) -> Result<(), PvmError> {
-        let mut m = VcpuMachine::load(fd, &self.mem)?;
+        let mem = self.mem.clone();
+        let mut m = VcpuMachine::load(fd, &mem)?;
         if m.complete_vmcall()? {
             self.vmcalls += 1;
+        }
+        self.rearm(fd, &mut m)
+    }
+
+    /// Called after port-I/O and MMIO exits: until the SYSCALL repair is
+    /// armed, every exit is a chance to arm it (ticks are rare, because
+    /// each one costs the host's emulator milliseconds).
+    pub fn after_io_exit(&mut self, fd: &VcpuFd) -> Result<(), PvmError> {
+        if self.armed_at.is_some() {
+            return Ok(());
+        }
+        let mem = self.mem.clone();
+        let mut m = VcpuMachine::load(fd, &mem)?;
+        self.rearm(fd, &mut m)
+    }
+
+    fn rearm(&mut self, fd: &VcpuFd, m: &mut VcpuMachine) -> Result<(), PvmError> {
+        if self.stepping {
+            return Ok(());
+        }
+        let handler = m.page_fault_handler();
+        if handler.is_some() && handler != self.armed_at {
+            let lstar = m.read_msr(syscall::MSR_LSTAR).unwrap_or(0);
+            if lstar != 0 {
+                self.arm(fd, handler)?;
+            }
         }
         Ok(())
     }
 
+    fn arm(&mut self, fd: &VcpuFd, handler: Option<u64>) -> Result<(), PvmError> {
+        let mut dbg = kvm_guest_debug {
+            control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP,
+            ..Default::default()
+        };
+        if let Some(addr) = handler {
+            dbg.arch.debugreg[0] = addr;
+            dbg.arch.debugreg[7] = syscall::DR7_EXEC_DR0;
+        }
+        fd.set_guest_debug(&dbg)
+            .map_err(|e| PvmError::VcpuState("set the debug registers of", e))?;
+        if handler != self.armed_at {
+            log::debug!("SYSCALL repair armed on the page-fault handler at {handler:x?}");
+        }
+        self.armed_at = handler;
+        Ok(())
+    }
+
+    /// A debug exit: the breakpoint on the page-fault handler, or the end
+    /// of a single step past it. Returns false for debug exits not ours.
+    pub fn on_debug(&mut self, fd: &VcpuFd, exit: &kvm_debug_exit_arch) -> Result<bool, PvmError> {
+        if self.stepping {
+            self.stepping = false;
+            self.arm(fd, self.armed_at)?;
+            return Ok(true);
+        }
+        if self.armed_at != Some(exit.pc) {
+            return Ok(false);
+        }
+        let mut m = VcpuMachine::load(fd, &self.mem)?;
+        let lstar = m.read_msr(syscall::MSR_LSTAR).unwrap_or(0);
+        match m.fault_frame() {
+            Some(frame) if frame.is_broken_syscall(lstar) => {
+                let star = m.read_msr(syscall::MSR_STAR).unwrap_or(0);
+                m.complete_syscall(&frame, lstar, star)?;
+                self.syscalls += 1;
+            }
+            _ => {
+                // Not ours: run the handler's first instruction with the
+                // breakpoint off, then put it back.
+                let dbg = kvm_guest_debug {
+                    control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+                    ..Default::default()
+                };
+                fd.set_guest_debug(&dbg)
+                    .map_err(|e| PvmError::VcpuState("single-step", e))?;
+                self.stepping = true;
+                self.faults_passed += 1;
+            }
+        }
+        Ok(true)
+    }
+
     /// One line of counters for `--verbose`.
     pub fn summary(&self) -> String {
-        let mut s = format!("vmcall={}", self.vmcalls);
+        let mut s = format!(
+            "syscalls={} faults_passed={} vmcall={}",
+            self.syscalls, self.faults_passed, self.vmcalls
+        );
         for (name, n) in &self.emulated {
             s.push_str(&format!(" {name}={n}"));
         }
@@ -240,6 +372,37 @@ mod tests {
         // Without the flag there are no bytes.
         assert_eq!(EmulationFailure::from_data(1, &[0, d1, d2]).bytes, None);
         assert_eq!(EmulationFailure::from_data(3, &[]).bytes, None);
+    }
+
+    #[test]
+    fn default_cmdline_carries_the_tsc_frequency() {
+        assert_eq!(
+            default_cmdline(Some(2_600_000)),
+            "clearcpuid=xsave,popcnt,smap,ssse3 tsc_early_khz=2600000"
+        );
+        assert_eq!(default_cmdline(None), AVOID_INSNS_CMDLINE);
+        assert_eq!(default_cmdline(Some(0)), AVOID_INSNS_CMDLINE);
+    }
+
+    #[test]
+    fn kvm_pv_features_are_hidden() {
+        let mut v = vec![
+            kvm_cpuid_entry2 {
+                function: 0x4000_0000,
+                eax: 0x4000_0001,
+                ebx: 0x4b4d_564b,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: KVM_CPUID_FEATURES,
+                eax: 0x0100_7afb,
+                edx: 1,
+                ..Default::default()
+            },
+        ];
+        hide_kvm_pv_features(&mut v);
+        assert_eq!((v[1].eax, v[1].edx), (0, 0));
+        assert_eq!(v[0].ebx, 0x4b4d_564b, "the signature stays");
     }
 
     #[test]
