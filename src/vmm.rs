@@ -198,9 +198,11 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
 
     // 7. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
     crate::vcpu::kick::install_handler().map_err(VmmError::EventFd)?;
+    let emulation_lock = pvm::EmulationLock::default();
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.cpus).zip(std::mem::take(&mut vm.vcpu_fds)) {
-        let repairs = repairs_on.then(|| pvm::HostRepairs::new(vm.mem.clone()));
+        let repairs =
+            repairs_on.then(|| pvm::HostRepairs::new(vm.mem.clone(), emulation_lock.clone()));
         vcpus.push(Vcpu::new(
             &kvm,
             fd,

@@ -179,6 +179,24 @@ impl<'a> VcpuMachine<'a> {
             .map_err(|e| PvmError::VcpuState("write", e))
     }
 
+    /// Steps over the instruction at RIP without executing it, when
+    /// [`syscall::skip_first_instruction`] knows it; returns whether it did.
+    pub fn skip_first_instruction(&mut self) -> Result<bool, PvmError> {
+        let mut b = [0u8; 9];
+        if self.read_mem(self.regs.rip, &mut b).is_err() {
+            return Ok(false);
+        }
+        let Some((len, clear)) = syscall::skip_first_instruction(&b) else {
+            return Ok(false);
+        };
+        self.regs.rip += len;
+        self.regs.rflags &= !clear;
+        self.fd
+            .set_regs(&self.regs)
+            .map_err(|e| PvmError::VcpuState("write", e))?;
+        Ok(true)
+    }
+
     /// If RIP is parked on a VMCALL, completes it with -KVM_ENOSYS.
     pub fn complete_vmcall(&mut self) -> Result<bool, PvmError> {
         // Only ring 0 makes hypercalls.
@@ -244,7 +262,7 @@ impl Machine for VcpuMachine<'_> {
     }
 
     fn set_rflags(&mut self, value: u64) {
-        self.regs.rflags = value & !RFLAGS_RF | (value & RFLAGS_RF);
+        self.regs.rflags = value;
     }
 
     fn fs_base(&self) -> u64 {

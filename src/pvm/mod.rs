@@ -186,9 +186,16 @@ pub fn mnemonic(bytes: &[u8]) -> &'static str {
     }
 }
 
+/// Serialises instruction emulation across the vCPUs of a VM: on this host
+/// every ring-0 LOCK CMPXCHG8B/16B comes through kiln's emulator, whose
+/// read-compare-write is atomic only if no other vCPU emulates at the same
+/// time.
+pub type EmulationLock = std::sync::Arc<std::sync::Mutex<()>>;
+
 /// The repairs of one vCPU, with their counters.
 pub struct HostRepairs {
     mem: GuestMemoryMmap,
+    emulation_lock: EmulationLock,
     /// The page-fault handler the breakpoint is armed on.
     armed_at: Option<u64>,
     /// Single-stepping past the breakpoint after passing a fault on.
@@ -205,9 +212,10 @@ pub struct HostRepairs {
 
 impl HostRepairs {
     /// Repairs for a vCPU of a VM with guest memory `mem`.
-    pub fn new(mem: GuestMemoryMmap) -> Self {
+    pub fn new(mem: GuestMemoryMmap, emulation_lock: EmulationLock) -> Self {
         HostRepairs {
             mem,
+            emulation_lock,
             armed_at: None,
             stepping: false,
             emulated: BTreeMap::new(),
@@ -232,6 +240,10 @@ impl HostRepairs {
             .bytes
             .as_deref()
             .ok_or_else(|| PvmError::NoBytes(failure.to_string()))?;
+        let _serialised = self
+            .emulation_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut m = VcpuMachine::load(fd, &self.mem)?;
         let outcome = emulate::emulate(&mut m, bytes)?;
         m.apply(outcome)?;
@@ -316,8 +328,13 @@ impl HostRepairs {
                 self.syscalls += 1;
             }
             _ => {
-                // Not ours: run the handler's first instruction with the
-                // breakpoint off, then put it back.
+                // Not ours: the fault goes on to the guest's handler. Step
+                // over its first instruction ourselves when it is harmless,
+                // else run it with the breakpoint off and put it back.
+                self.faults_passed += 1;
+                if m.skip_first_instruction()? {
+                    return Ok(true);
+                }
                 let dbg = kvm_guest_debug {
                     control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
                     ..Default::default()
@@ -325,7 +342,6 @@ impl HostRepairs {
                 fd.set_guest_debug(&dbg)
                     .map_err(|e| PvmError::VcpuState("single-step", e))?;
                 self.stepping = true;
-                self.faults_passed += 1;
             }
         }
         Ok(true)

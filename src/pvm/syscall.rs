@@ -108,6 +108,41 @@ pub fn syscall_segments(star: u64) -> (kvm_segment, kvm_segment) {
     (cs, ss)
 }
 
+/// RFLAGS.DF, cleared by CLD.
+const RFLAGS_DF: u64 = 1 << 10;
+/// RFLAGS.AC, cleared by CLAC.
+const RFLAGS_AC: u64 = 1 << 18;
+
+/// How to step over the handler's first instruction without executing it:
+/// its length and the RFLAGS bits it clears. Known for the instructions a
+/// Linux exception entry starts with (NOPs that alternatives left, ENDBR64,
+/// CLAC, CLD); `None` means single-step it instead. Passing a fault on this
+/// way costs one exit instead of two.
+pub fn skip_first_instruction(bytes: &[u8]) -> Option<(u64, u64)> {
+    match bytes {
+        [0x90, ..] => Some((1, 0)),
+        [0xfc, ..] => Some((1, RFLAGS_DF)),
+        [0x0f, 0x01, 0xca, ..] => Some((3, RFLAGS_AC)),
+        [0xf3, 0x0f, 0x1e, 0xfa, ..] => Some((4, 0)),
+        // Multi-byte NOPs: 0f 1f /0 with the usual ModRM forms, optionally 66-prefixed.
+        [0x66, 0x0f, 0x1f, modrm, ..] => nop_len(*modrm).map(|l| (l + 1, 0)),
+        [0x0f, 0x1f, modrm, ..] => nop_len(*modrm).map(|l| (l, 0)),
+        _ => None,
+    }
+}
+
+/// Length of `0f 1f <modrm> ...` for the ModRM bytes compilers emit.
+fn nop_len(modrm: u8) -> Option<u64> {
+    match modrm {
+        0x00 => Some(3),
+        0x40 => Some(4),
+        0x44 => Some(5),
+        0x80 => Some(7),
+        0x84 => Some(8),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +189,36 @@ mod tests {
         assert!(!FaultFrame::parse(&frame(lstar, 0x10)).is_broken_syscall(lstar));
         // No LSTAR yet.
         assert!(!FaultFrame::parse(&frame(0, 0x33)).is_broken_syscall(0));
+    }
+
+    #[test]
+    fn skips_only_harmless_first_instructions() {
+        assert_eq!(
+            skip_first_instruction(&[0x90, 0x90, 0x90, 0xfc]),
+            Some((1, 0))
+        );
+        assert_eq!(skip_first_instruction(&[0xfc, 0xe8]), Some((1, 1 << 10)));
+        assert_eq!(
+            skip_first_instruction(&[0x0f, 0x01, 0xca]),
+            Some((3, 1 << 18))
+        );
+        assert_eq!(
+            skip_first_instruction(&[0xf3, 0x0f, 0x1e, 0xfa]),
+            Some((4, 0))
+        );
+        assert_eq!(
+            skip_first_instruction(&[0x0f, 0x1f, 0x44, 0, 0]),
+            Some((5, 0))
+        );
+        assert_eq!(
+            skip_first_instruction(&[0x66, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0]),
+            Some((9, 0))
+        );
+        // A call, a push, an unknown NOP form: single-step those.
+        assert_eq!(skip_first_instruction(&[0xe8, 0, 0, 0, 0]), None);
+        assert_eq!(skip_first_instruction(&[0x56]), None);
+        assert_eq!(skip_first_instruction(&[0x0f, 0x1f, 0x05]), None);
+        assert_eq!(skip_first_instruction(&[]), None);
     }
 
     #[test]

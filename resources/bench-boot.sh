@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Boot-time benchmark: boots a kernel N times with our initramfs running
+# `true`, and prints per run the wall time until init's first output (the
+# boot-timer write), the total run time and the host-repair counters, then
+# the medians. Figures only, no pass/fail: these hosts are noisy.
+#
+#   resources/bench-boot.sh [KERNEL] [RUNS] [-- extra kiln args]
+#   KERNEL defaults to build/guest/minimal/vmlinux, RUNS to 5.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kernel=${1:-build/guest/minimal/vmlinux}
+runs=${2:-5}
+shift $(( $# > 2 ? 2 : $# ))
+[ "${1:-}" = -- ] && shift
+kiln=${KILN:-target/release/kiln}
+[ -x "$kiln" ] || cargo build --release -q
+initrd=build/guest/initramfs.cpio
+timeout=${KILN_BENCH_TIMEOUT:-1200}
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
+boot_ms=() total_s=()
+echo "kernel: $kernel  runs: $runs  extra: $*"
+for i in $(seq "$runs"); do
+    log=$(mktemp)
+    timeout "$timeout" "$kiln" run --kernel "$kernel" --initrd "$initrd" --cmdline "-- true" -v "$@" \
+        </dev/null >"$log.out" 2>"$log" || true
+    b=$(sed -n 's/.*boot-timer: guest boot time \([0-9.]*\) ms wall.*/\1/p' "$log" | head -n 1)
+    t=$(sed -n 's/.*VM stopped: .* after \([0-9.]*\) s.*/\1/p' "$log" | tail -n 1)
+    r=$(sed -n 's/.*host repairs: //p' "$log" | tr '\n' ' ')
+    st=$(sed -n 's/^KILN-EXIT: //p' "$log.out" | tr -d '\r')
+    printf 'run %d: init output at %s ms, total %s s, init exit %s; repairs: %s\n' \
+        "$i" "${b:--}" "${t:--}" "${st:--}" "${r:-none}"
+    [ -n "$b" ] && boot_ms+=("$b")
+    [ -n "$t" ] && total_s+=("$t")
+    rm -f "$log" "$log.out"
+done
+echo "median: init output at $(printf '%s\n' "${boot_ms[@]}" | median) ms, total $(printf '%s\n' "${total_s[@]}" | median) s (${#boot_ms[@]}/$runs runs reached init)"
