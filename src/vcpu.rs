@@ -281,8 +281,8 @@ impl Vcpu {
     /// A periodic tick interrupted KVM_RUN: look for a powered-off guest
     /// and give the host repairs their chance to act.
     fn on_tick(&mut self) -> Next {
-        if self.trace {
-            log::trace!("vCPU {}: tick at {}", self.id, self.where_am_i());
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!("vCPU {}: tick at {}", self.id, self.where_am_i());
         }
         if let Some(r) = self.repairs.as_mut() {
             if let Err(e) = r.on_tick(&self.fd) {

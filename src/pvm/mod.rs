@@ -38,19 +38,26 @@ pub enum PvmError {
     VcpuState(&'static str, kvm_ioctls::Error),
 }
 
-/// Kernel command-line switches a stock kernel needs here: avoid the
-/// instructions the host's emulator rejects (XSAVE family, POPCNT, SMAP's
-/// CLAC/STAC on every interrupt, SSSE3 SIMD in ring 0).
-pub const AVOID_INSNS_CMDLINE: &str = "clearcpuid=xsave,popcnt,smap,ssse3";
+/// Kernel command-line switches a stock kernel needs here:
+/// - avoid the instructions the host's emulator rejects (XSAVE family,
+///   POPCNT, SMAP's CLAC/STAC on every interrupt, SSSE3 SIMD in ring 0,
+///   CMPXCHG16B in SLUB's fast path: kiln emulates all of them, but each
+///   is a round trip);
+/// - skip boot work that takes minutes when ring 0 is emulated: the crypto
+///   self-tests and ftrace's check of weak functions (Debian's kernel);
+/// - no soft-lockup watchdog: under emulation it fires spuriously and its
+///   backtraces cost more time.
+pub const SLOW_HOST_CMDLINE: &str = "clearcpuid=xsave,popcnt,smap,ssse3,cx16 \
+     cryptomgr.notests initcall_blacklist=ftrace_check_for_weak_functions nowatchdog";
 
-/// The switches for this host: [`AVOID_INSNS_CMDLINE`] plus the TSC
+/// The switches for this host: [`SLOW_HOST_CMDLINE`] plus the TSC
 /// frequency, because calibrating the TSC against the PIT fails when
 /// every guest instruction is emulated (the kernel then marks the TSC
 /// unstable and its delay loops run thousands of times too long).
 pub fn default_cmdline(tsc_khz: Option<u32>) -> String {
     match tsc_khz {
-        Some(khz) if khz > 0 => format!("{AVOID_INSNS_CMDLINE} tsc_early_khz={khz}"),
-        _ => AVOID_INSNS_CMDLINE.to_string(),
+        Some(khz) if khz > 0 => format!("{SLOW_HOST_CMDLINE} tsc_early_khz={khz}"),
+        _ => SLOW_HOST_CMDLINE.to_string(),
     }
 }
 
@@ -392,12 +399,11 @@ mod tests {
 
     #[test]
     fn default_cmdline_carries_the_tsc_frequency() {
-        assert_eq!(
-            default_cmdline(Some(2_600_000)),
-            "clearcpuid=xsave,popcnt,smap,ssse3 tsc_early_khz=2600000"
-        );
-        assert_eq!(default_cmdline(None), AVOID_INSNS_CMDLINE);
-        assert_eq!(default_cmdline(Some(0)), AVOID_INSNS_CMDLINE);
+        let c = default_cmdline(Some(2_600_000));
+        assert!(c.starts_with("clearcpuid=xsave,popcnt,smap,ssse3,cx16 cryptomgr.notests "));
+        assert!(c.ends_with(" nowatchdog tsc_early_khz=2600000"));
+        assert_eq!(default_cmdline(None), SLOW_HOST_CMDLINE);
+        assert_eq!(default_cmdline(Some(0)), SLOW_HOST_CMDLINE);
     }
 
     #[test]
