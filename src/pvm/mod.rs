@@ -45,10 +45,15 @@ pub enum PvmError {
 ///   is a round trip);
 /// - skip boot work that takes minutes when ring 0 is emulated: the crypto
 ///   self-tests and ftrace's check of weak functions (Debian's kernel);
-/// - no soft-lockup watchdog: under emulation it fires spuriously and its
+/// - no lockup watchdogs (`watchdog_thresh=0`, which unlike `nowatchdog`
+///   is not handed to init when a kernel lacks the detectors): under
+///   emulation they fire spuriously and their
 ///   backtraces cost more time.
+///
+/// Every switch has a `=` or a `.`: Linux hands unknown bare words to init
+/// as arguments, which would corrupt the command our init runs.
 pub const SLOW_HOST_CMDLINE: &str = "clearcpuid=xsave,popcnt,smap,ssse3,cx16 \
-     cryptomgr.notests initcall_blacklist=ftrace_check_for_weak_functions nowatchdog";
+     cryptomgr.notests initcall_blacklist=ftrace_check_for_weak_functions watchdog_thresh=0";
 
 /// The switches for this host: [`SLOW_HOST_CMDLINE`] plus the TSC
 /// frequency, because calibrating the TSC against the PIT fails when
@@ -401,8 +406,11 @@ mod tests {
     fn default_cmdline_carries_the_tsc_frequency() {
         let c = default_cmdline(Some(2_600_000));
         assert!(c.starts_with("clearcpuid=xsave,popcnt,smap,ssse3,cx16 cryptomgr.notests "));
-        assert!(c.ends_with(" nowatchdog tsc_early_khz=2600000"));
+        assert!(c.ends_with(" watchdog_thresh=0 tsc_early_khz=2600000"));
         assert_eq!(default_cmdline(None), SLOW_HOST_CMDLINE);
+        for word in c.split_whitespace() {
+            assert!(word.contains('=') || word.contains('.'), "{word} would reach init");
+        }
         assert_eq!(default_cmdline(Some(0)), SLOW_HOST_CMDLINE);
     }
 
