@@ -409,7 +409,10 @@ mod tests {
         assert!(c.ends_with(" watchdog_thresh=0 tsc_early_khz=2600000"));
         assert_eq!(default_cmdline(None), SLOW_HOST_CMDLINE);
         for word in c.split_whitespace() {
-            assert!(word.contains('=') || word.contains('.'), "{word} would reach init");
+            assert!(
+                word.contains('=') || word.contains('.'),
+                "{word} would reach init"
+            );
         }
         assert_eq!(default_cmdline(Some(0)), SLOW_HOST_CMDLINE);
     }
