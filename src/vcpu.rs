@@ -242,18 +242,13 @@ impl Vcpu {
                     self.stats.interrupted += 1;
                     self.on_tick()
                 }
-                Err(e) => Next::Stop(StopReason::Fatal(format!(
-                    "vCPU {}: KVM_RUN failed: {e} at {}",
-                    self.id,
-                    self.where_am_i()
-                ))),
+                Err(e) => Next::Stop(self.fatal(format!("KVM_RUN failed: {e}"))),
             };
             match next {
                 Next::Continue => {
                     if let Some(r) = self.repairs.as_mut() {
                         if let Err(e) = r.after_io_exit(&self.fd) {
-                            let msg = format!("vCPU {}: {e}", self.id);
-                            self.control.request_stop(StopReason::Fatal(msg));
+                            self.control.request_stop(self.fatal(e));
                         }
                     }
                 }
@@ -269,11 +264,9 @@ impl Vcpu {
                         self.control.request_stop(reason);
                     }
                 }
-                Next::Unhandled(name) => self.control.request_stop(StopReason::Fatal(format!(
-                    "vCPU {}: unhandled {name} at {}",
-                    self.id,
-                    self.where_am_i()
-                ))),
+                Next::Unhandled(name) => self
+                    .control
+                    .request_stop(self.fatal(format!("unhandled {name}"))),
             }
         }
     }
@@ -286,7 +279,7 @@ impl Vcpu {
         }
         if let Some(r) = self.repairs.as_mut() {
             if let Err(e) = r.on_tick(&self.fd) {
-                return Next::Stop(StopReason::Fatal(format!("vCPU {}: {e}", self.id)));
+                return Next::Stop(self.fatal(e));
             }
         }
         let parked = self.is_parked();
@@ -318,46 +311,34 @@ impl Vcpu {
 
     fn on_emulation_failure(&mut self) -> Next {
         let failure = pvm::EmulationFailure::read(&mut self.fd);
-        if let Some(r) = self.repairs.as_mut() {
-            match r.on_emulation_failure(&self.fd, &failure) {
-                Ok(()) => return Next::Continue,
-                Err(e) => {
-                    return Next::Stop(StopReason::Fatal(format!(
-                        "vCPU {}: {e} at {}",
-                        self.id,
-                        self.where_am_i()
-                    )))
-                }
-            }
+        match self.repairs.as_mut() {
+            Some(r) => match r.on_emulation_failure(&self.fd, &failure) {
+                Ok(()) => Next::Continue,
+                Err(e) => Next::Stop(self.fatal(e)),
+            },
+            None => Next::Stop(self.fatal(format!("KVM_EXIT_INTERNAL_ERROR ({failure})"))),
         }
-        Next::Stop(StopReason::Fatal(format!(
-            "vCPU {}: KVM_EXIT_INTERNAL_ERROR ({failure}) at {}",
-            self.id,
-            self.where_am_i()
-        )))
     }
 
     fn on_debug(&mut self, arch: &kvm_bindings::kvm_debug_exit_arch) -> Next {
-        if let Some(r) = self.repairs.as_mut() {
-            match r.on_debug(&self.fd, arch) {
-                Ok(true) => return Next::Continue,
-                Ok(false) => {}
-                Err(e) => {
-                    return Next::Stop(StopReason::Fatal(format!(
-                        "vCPU {}: {e} at {}",
-                        self.id,
-                        self.where_am_i()
-                    )))
-                }
-            }
+        let handled = match self.repairs.as_mut() {
+            Some(r) => r.on_debug(&self.fd, arch),
+            None => Ok(false),
+        };
+        match handled {
+            Ok(true) => Next::Continue,
+            Ok(false) => Next::Stop(self.fatal(format!(
+                "unhandled KVM_EXIT_DEBUG (pc {:#x}, dr6 {:#x})",
+                arch.pc, arch.dr6
+            ))),
+            Err(e) => Next::Stop(self.fatal(e)),
         }
-        Next::Stop(StopReason::Fatal(format!(
-            "vCPU {}: unhandled KVM_EXIT_DEBUG (pc {:#x}, dr6 {:#x}) at {}",
-            self.id,
-            arch.pc,
-            arch.dr6,
-            self.where_am_i()
-        )))
+    }
+
+    /// The stop for something this vCPU cannot get past: one line naming
+    /// the vCPU, the problem and where the guest was.
+    fn fatal(&self, what: impl std::fmt::Display) -> StopReason {
+        StopReason::Fatal(format!("vCPU {}: {what} at {}", self.id, self.where_am_i()))
     }
 
     fn where_am_i(&self) -> String {

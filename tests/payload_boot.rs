@@ -55,22 +55,23 @@ fn hello_prints_times_and_resets() {
     o.check(o.errors().is_empty(), "no error lines");
 }
 
-#[test]
-fn console_input_reaches_the_guest() {
+/// The payload in echo mode, running and waiting for input.
+fn echo_session() -> Running {
     let elf = payload::build();
     let mut cmd = kiln();
-    cmd.args([
-        "run",
-        "--kernel",
-        elf.to_str().unwrap(),
-        "--cmdline",
-        "payload=echo",
-    ]);
+    let kernel = elf.to_str().unwrap();
+    cmd.args(["run", "--kernel", kernel, "--cmdline", "payload=echo"]);
+    let mut r = Running::start(cmd);
+    assert!(r.wait_for_stdout("mode=echo", TIMEOUT));
+    r
+}
+
+#[test]
+fn console_input_reaches_the_guest() {
     // 300 bytes: more than the UART's 64-byte FIFO holds at once.
     // Letters a..p only: 'q' ends the echo.
     let text: String = (0..300).map(|i| (b'a' + (i % 16) as u8) as char).collect();
-    let mut r = Running::start(cmd);
-    assert!(r.wait_for_stdout("mode=echo", TIMEOUT));
+    let mut r = echo_session();
     r.send(text.as_bytes());
     r.send(b"q");
     let o = r.wait(TIMEOUT);
@@ -87,17 +88,7 @@ fn console_input_reaches_the_guest() {
 
 #[test]
 fn ctrl_a_x_quits() {
-    let elf = payload::build();
-    let mut cmd = kiln();
-    cmd.args([
-        "run",
-        "--kernel",
-        elf.to_str().unwrap(),
-        "--cmdline",
-        "payload=echo",
-    ]);
-    let mut r = Running::start(cmd);
-    assert!(r.wait_for_stdout("mode=echo", TIMEOUT));
+    let mut r = echo_session();
     r.send(b"ab\x01\x01c");
     assert!(
         r.wait_for_stdout("ab\x01c", TIMEOUT),
