@@ -244,30 +244,25 @@ impl Vcpu {
                 }
                 Err(e) => Next::Stop(self.fatal(format!("KVM_RUN failed: {e}"))),
             };
-            match next {
-                Next::Continue => {
-                    if let Some(r) = self.repairs.as_mut() {
-                        if let Err(e) = r.after_io_exit(&self.fd) {
-                            self.control.request_stop(self.fatal(e));
-                        }
-                    }
-                }
-                Next::Stop(reason) => self.control.request_stop(reason),
-                Next::EmulationFailure => {
-                    let next = self.on_emulation_failure();
-                    if let Next::Stop(reason) = next {
-                        self.control.request_stop(reason);
-                    }
-                }
-                Next::Debug(arch) => {
-                    if let Next::Stop(reason) = self.on_debug(&arch) {
-                        self.control.request_stop(reason);
-                    }
-                }
-                Next::Unhandled(name) => self
-                    .control
-                    .request_stop(self.fatal(format!("unhandled {name}"))),
+            let next = match next {
+                Next::EmulationFailure => self.on_emulation_failure(),
+                Next::Debug(arch) => self.on_debug(&arch),
+                Next::Unhandled(name) => Next::Stop(self.fatal(format!("unhandled {name}"))),
+                Next::Continue => self.after_exit(),
+                stop @ Next::Stop(_) => stop,
+            };
+            if let Next::Stop(reason) = next {
+                self.control.request_stop(reason);
             }
+        }
+    }
+
+    /// After a handled exit: the host repairs may want to look (cheap once
+    /// they are set up).
+    fn after_exit(&mut self) -> Next {
+        match self.repairs.as_mut().map(|r| r.after_io_exit(&self.fd)) {
+            Some(Err(e)) => Next::Stop(self.fatal(e)),
+            _ => Next::Continue,
         }
     }
 
