@@ -128,9 +128,38 @@ fn minimal_bzimage_with_two_cpus() {
     check_run(&o, &release("minimal"), 2, 0, "\n2");
 }
 
-/// Ignored for now: on the kvm_pvm test hosts Debian's kernel has not yet
-/// reached init within 15 minutes (it blocks in init_kprobe_trace after
-/// ~220 s of guest time; see the issue notes). Run it by hand with
+/// Debian's stock kernel, as far as these hosts let it get in a few
+/// minutes: loaded through its PVH note, its console up on our UART with
+/// kiln's command line, then stopped with SIGTERM (exit code 143, no error).
+#[test]
+fn debian_kernel_boots_to_its_console() {
+    let release = release("debian");
+    let kernel = artifact("debian/vmlinux");
+    let initrd = artifact("initramfs.cpio");
+    let mut cmd = common::kiln();
+    cmd.args(["run", "--kernel", kernel.to_str().unwrap()])
+        .args(["--initrd", initrd.to_str().unwrap(), "--cmdline", "-- true"]);
+    let mut r = common::Running::start(cmd);
+    let banner = format!("Linux version {release}");
+    let up = r.wait_for_stdout("printk: console [ttyS0] enabled", Duration::from_secs(900));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(r.pid(), libc::SIGTERM) };
+    let o = r.wait(Duration::from_secs(960));
+    o.check(up, "the kernel's console came up on the UART");
+    o.check(o.stdout.contains(&banner), "Debian's kernel banner");
+    o.check(
+        o.stdout.contains("Kernel command line: console=ttyS0"),
+        "kiln's command line",
+    );
+    o.check(
+        o.code == Some(143) && o.errors().is_empty(),
+        "stopped by SIGTERM, no error",
+    );
+}
+
+/// Ignored for now: on the kvm_pvm test hosts Debian's kernel needs more
+/// than ten minutes to reach init, and with kiln's current defaults it
+/// blocked in init_kprobe_trace (see the issue notes). Run it by hand with
 /// `cargo test --release --test linux_boot -- --ignored`.
 #[test]
 #[ignore = "Debian's kernel does not reach init on kvm_pvm hosts yet"]
