@@ -86,7 +86,6 @@ impl<'a> VcpuMachine<'a> {
 
     /// Writes the results back and resumes according to `outcome`.
     pub fn apply(&mut self, outcome: Outcome) -> Result<(), PvmError> {
-        let set = |e| PvmError::VcpuState("write", e);
         match outcome {
             Outcome::Completed { .. } => {}
             Outcome::InjectException {
@@ -99,16 +98,18 @@ impl<'a> VcpuMachine<'a> {
             }
             Outcome::PageFault { gva, error_code } => {
                 self.sregs.cr2 = gva;
-                self.fd.set_sregs(&self.sregs).map_err(set)?;
+                self.store_sregs()?;
                 self.inject(emulate::VECTOR_PF, Some(error_code))?;
             }
         }
         if self.fpu_dirty {
             if let Some(fpu) = &self.fpu {
-                self.fd.set_fpu(fpu).map_err(set)?;
+                self.fd
+                    .set_fpu(fpu)
+                    .map_err(|e| PvmError::VcpuState("write", e))?;
             }
         }
-        self.fd.set_regs(&self.regs).map_err(set)
+        self.store_regs()
     }
 
     fn inject(&self, vector: u8, error_code: Option<u32>) -> Result<(), PvmError> {
@@ -122,6 +123,20 @@ impl<'a> VcpuMachine<'a> {
         ev.exception.error_code = error_code.unwrap_or(0);
         self.fd
             .set_vcpu_events(&ev)
+            .map_err(|e| PvmError::VcpuState("write", e))
+    }
+
+    /// Writes the general registers back to the vCPU.
+    fn store_regs(&self) -> Result<(), PvmError> {
+        self.fd
+            .set_regs(&self.regs)
+            .map_err(|e| PvmError::VcpuState("write", e))
+    }
+
+    /// Writes the special registers back to the vCPU.
+    fn store_sregs(&self) -> Result<(), PvmError> {
+        self.fd
+            .set_sregs(&self.sregs)
             .map_err(|e| PvmError::VcpuState("write", e))
     }
 
@@ -171,12 +186,8 @@ impl<'a> VcpuMachine<'a> {
         self.regs.rip = lstar;
         self.regs.rsp = frame.rsp;
         self.regs.rflags = (frame.rflags & !RFLAGS_RF) | 2;
-        self.fd
-            .set_sregs(&self.sregs)
-            .map_err(|e| PvmError::VcpuState("write", e))?;
-        self.fd
-            .set_regs(&self.regs)
-            .map_err(|e| PvmError::VcpuState("write", e))
+        self.store_sregs()?;
+        self.store_regs()
     }
 
     /// Steps over the instruction at RIP without executing it, when
@@ -191,9 +202,7 @@ impl<'a> VcpuMachine<'a> {
         };
         self.regs.rip += len;
         self.regs.rflags &= !clear;
-        self.fd
-            .set_regs(&self.regs)
-            .map_err(|e| PvmError::VcpuState("write", e))?;
+        self.store_regs()?;
         Ok(true)
     }
 
@@ -210,9 +219,7 @@ impl<'a> VcpuMachine<'a> {
         }
         self.regs.rax = KVM_ENOSYS.wrapping_neg();
         self.regs.rip = rip + 3;
-        self.fd
-            .set_regs(&self.regs)
-            .map_err(|e| PvmError::VcpuState("write", e))?;
+        self.store_regs()?;
         Ok(true)
     }
 }
