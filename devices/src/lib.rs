@@ -7,6 +7,7 @@ pub mod bus;
 pub mod cmos;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use vmm_sys_util::eventfd::EventFd;
 

@@ -1,0 +1,1 @@
+//! virtio-mmio transport (placeholder while it is written).

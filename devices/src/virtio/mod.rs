@@ -1,0 +1,79 @@
+//! virtio devices. [`mmio::MmioTransport`] is the virtio-mmio (version 2)
+//! transport every device sits behind; a device model implements
+//! [`VirtioDevice`] and never sees transport registers.
+//!
+//! Who calls what:
+//! - vCPU threads read and write the transport's registers through the MMIO
+//!   bus (feature negotiation, queue set-up, status, interrupt ack);
+//! - queue notifications arrive on an ioeventfd that KVM signals without an
+//!   exit; the event-loop thread then calls [`mmio::MmioTransport::notify`],
+//!   which hands the queue to [`VirtioDevice::process_queue`];
+//! - a device's own file descriptor (a tap, say) is watched by the event
+//!   loop too and handed to [`VirtioDevice::process_backend`];
+//! - used buffers are signalled by setting the interrupt status and
+//!   triggering the device's [`crate::Interrupt`] (an irqfd).
+
+pub mod mmio;
+
+use std::os::fd::RawFd;
+
+pub use virtio_queue::{Queue, QueueT};
+pub use vm_memory::GuestMemoryMmap as Memory;
+
+/// Device types (virtio 1.x, section 5).
+pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+}
+
+/// Feature bits that belong to the transport, not the device.
+pub mod features {
+    /// The device speaks virtio 1.x (modern) only.
+    pub const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    /// The driver and device use the event-index notification scheme.
+    pub const RING_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    /// Descriptors may point to indirect descriptor tables.
+    pub const RING_INDIRECT_DESC: u64 =
+        1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+}
+
+/// A device model behind a virtio transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type ([`device_type`]).
+    fn device_type(&self) -> u32;
+    /// A short name for logs, e.g. `virtio-blk vda`.
+    fn name(&self) -> &str;
+    /// The features the device offers, transport bits included.
+    fn features(&self) -> u64;
+    /// The maximum size of each of its queues; the length is the queue count.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space (ignored by default).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK with `acked` features; queues are ready.
+    /// An error puts the device into DEVICE_NEEDS_RESET.
+    fn activate(&mut self, _acked: u64) -> Result<(), String> {
+        Ok(())
+    }
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+    /// Queue `index` was notified. Returns true when the driver must be
+    /// interrupted (used buffers were added and the queue wants to know).
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &Memory) -> bool;
+    /// A file descriptor the event loop should watch for this device.
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// The backend file descriptor is ready. Returns true when the driver
+    /// must be interrupted.
+    fn process_backend(&mut self, _queues: &mut [Queue], _mem: &Memory) -> bool {
+        false
+    }
+    /// Counters worth printing when the VM stops (e.g. dropped frames).
+    fn stats(&self) -> Option<String> {
+        None
+    }
+}
