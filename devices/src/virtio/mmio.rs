@@ -401,7 +401,7 @@ impl BusDevice for MmioTransport {
             self.device.read_config(offset - CONFIG_OFFSET, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             debug!(
                 "{}: {}-byte read at {offset:#x} (registers are 32-bit)",
                 self.device.name(),
@@ -427,7 +427,7 @@ impl BusDevice for MmioTransport {
             );
             return;
         };
-        if offset % 4 == 0 {
+        if offset.is_multiple_of(4) {
             self.write_register(offset as u32, u32::from_le_bytes(bytes));
         }
     }
