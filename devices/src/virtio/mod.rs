@@ -13,6 +13,7 @@
 //! - used buffers are signalled by setting the interrupt status and
 //!   triggering the device's [`crate::Interrupt`] (an irqfd).
 
+pub mod block;
 pub mod mmio;
 
 use std::os::fd::RawFd;
