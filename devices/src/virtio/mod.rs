@@ -15,6 +15,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 use std::os::fd::RawFd;
 
@@ -38,6 +39,29 @@ pub mod features {
     /// Descriptors may point to indirect descriptor tables.
     pub const RING_INDIRECT_DESC: u64 =
         1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+}
+
+/// What the event loop should wait for on a device's
+/// [`VirtioDevice::backend_fd`] (EPOLLIN, EPOLLOUT, both or neither).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Interest {
+    /// Call [`VirtioDevice::process_backend`] when the fd is readable.
+    pub readable: bool,
+    /// Call [`VirtioDevice::process_backend`] when the fd is writable.
+    pub writable: bool,
+}
+
+impl Interest {
+    /// Readable only: the default for a device with a backend fd.
+    pub const READABLE: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    /// Nothing: the fd should not be watched at all for now.
+    pub const NONE: Interest = Interest {
+        readable: false,
+        writable: false,
+    };
 }
 
 /// A device model behind a virtio transport.
@@ -67,6 +91,17 @@ pub trait VirtioDevice: Send {
     /// A file descriptor the event loop should watch for this device.
     fn backend_fd(&self) -> Option<RawFd> {
         None
+    }
+    /// What to watch [`VirtioDevice::backend_fd`] for now. The event loop
+    /// asks again after every call into the device (`activate`, `reset`,
+    /// `process_queue`, `process_backend`) and re-registers the fd when the
+    /// answer changed (level-triggered); for [`Interest::NONE`] it removes
+    /// the fd, since epoll reports errors and hang-ups even with no events
+    /// asked for. A network device stops asking for `readable` while the
+    /// guest has no receive buffers, so a readable tap does not spin the
+    /// loop, and asks for `writable` while its tap is full.
+    fn backend_interest(&self) -> Interest {
+        Interest::READABLE
     }
     /// The backend file descriptor is ready. Returns true when the driver
     /// must be interrupted.
