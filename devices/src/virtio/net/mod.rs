@@ -341,9 +341,14 @@ impl<B: Backend> Net<B> {
                             self.stats.tx_dropped += 1;
                             if !self.tx_error_logged {
                                 self.tx_error_logged = true;
+                                let hint = if err.raw_os_error() == Some(libc::EIO) {
+                                    " (is the tap up? `ip link set TAP up`)"
+                                } else {
+                                    ""
+                                };
                                 log::warn!(
-                                    "{}: the tap refused a frame ({err}); is it up? \
-                                     Further failures are only counted",
+                                    "{}: the tap refused a frame: {err}{hint}; \
+                                     further refusals are only counted",
                                     self.name
                                 );
                             }

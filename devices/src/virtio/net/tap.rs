@@ -82,7 +82,7 @@ pub struct Tap {
     /// TUN_F_* offloads the tap accepted when probed at open.
     offloads: u32,
     /// The kernel's count of frames the tap dropped towards us (its
-    /// `tx_dropped`) when it was opened, when sysfs shows it.
+    /// transmit drops in /proc/net/dev) when it was opened.
     kernel_drops_at_open: Option<u64>,
 }
 
@@ -162,9 +162,17 @@ impl Tap {
         if tap.get_flags()? & libc::IFF_PERSIST == 0 {
             return Err(missing());
         }
+        let up = sysfs_attr(name, "flags")
+            .and_then(|s| i32::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+            .map(|flags| flags & libc::IFF_UP != 0);
+        if sysfs && up == Some(false) {
+            log::warn!(
+                "tap {name} is down: the guest's frames are dropped until `ip link set {name} up`"
+            );
+        }
         tap.set_vnet_hdr_size()?;
         let offloads = tap.probe_offloads()?;
-        let kernel_drops_at_open = if sysfs { tap.kernel_drops() } else { None };
+        let kernel_drops_at_open = tap.kernel_drops();
         Ok(Tap {
             offloads,
             kernel_drops_at_open,
@@ -248,14 +256,26 @@ impl Tap {
         Ok(offloads)
     }
 
-    /// The tap's kernel `tx_dropped` counter: frames for the guest that the
-    /// kernel dropped because kiln did not read them in time (its queue,
-    /// `txqueuelen` frames, was full).
+    /// The tap's kernel transmit-drop counter: frames for the guest that
+    /// the kernel dropped because kiln did not read them in time (its queue,
+    /// `txqueuelen` frames, was full). Read from /proc/net/dev, which shows
+    /// this process's network namespace (sysfs may show another's).
     fn kernel_drops(&self) -> Option<u64> {
-        sysfs_attr(&self.name, "statistics/tx_dropped")?
-            .parse()
-            .ok()
+        let table = std::fs::read_to_string("/proc/net/dev").ok()?;
+        tx_dropped(&table, &self.name)
     }
+}
+
+/// The transmit `drop` column of interface `name` in /proc/net/dev text.
+fn tx_dropped(table: &str, name: &str) -> Option<u64> {
+    table.lines().skip(2).find_map(|line| {
+        let (iface, counters) = line.split_once(':')?;
+        if iface.trim() != name {
+            return None;
+        }
+        // 8 receive columns, then transmit bytes, packets, errs, drop.
+        counters.split_whitespace().nth(11)?.parse().ok()
+    })
 }
 
 impl Backend for Tap {
@@ -337,6 +357,18 @@ mod tests {
             "{text}"
         );
         assert!(if_index(&name).is_none(), "open must not create {name}");
+    }
+
+    #[test]
+    fn reads_transmit_drops_from_proc_net_dev() {
+        let table = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
+  tap0: 5 6 7 8 9 10 11 12 13 14 15 4242 17 18 19 20
+";
+        assert_eq!(tx_dropped(table, "tap0"), Some(4242));
+        assert_eq!(tx_dropped(table, "lo"), Some(0));
+        assert_eq!(tx_dropped(table, "tap"), None);
     }
 
     #[test]

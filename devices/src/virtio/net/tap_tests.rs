@@ -94,7 +94,17 @@ fn real_taps_open_and_fail_clearly() {
         let err = Tap::open("kt0").unwrap_err();
         assert!(matches!(err, NetError::TapBusy { .. }), "{err}");
         drop(tap);
-        let mut tap = Tap::open("kt0").unwrap();
+        // Other tests fork (to run `ip`) while this one runs; a child holds
+        // a copy of the fd until it execs, so the tap can stay busy briefly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut tap = loop {
+            match Tap::open("kt0") {
+                Err(NetError::TapBusy { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => break other.unwrap(),
+            }
+        };
         Backend::set_offload(&mut tap, libc::TUN_F_CSUM | libc::TUN_F_TSO4).unwrap();
         let mut buf = [0u8; 64];
         let err = tap.recv(&mut buf).unwrap_err();
@@ -171,31 +181,42 @@ fn the_host_kernel_answers_arp_through_a_real_tap() {
     let mut request = vec![0u8; VNET_HDR_LEN];
     request.extend_from_slice(&arp_request(mac.bytes()));
     mem.write_slice(&request, GuestAddress(0x10000)).unwrap();
-    txq.add_chain(0, &[(0x10000, request.len() as u32, false)]);
     for i in 0..8u16 {
         rxq.add_chain(i, &[(0x20000 + u64::from(i) * 0x1000, 2048, true)]);
     }
-    net.process_queue(TX_QUEUE, &mut queues, &mem);
-    assert_eq!(net.net_stats().tx_frames, 1, "{:?}", net.stats());
 
-    // Read what the namespace's kernel sends back (IPv6 chatter may come
-    // first) until the ARP reply shows up.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let reply = loop {
-        net.process_backend(&mut queues, &mem);
-        let found = rxq.used().iter().find_map(|&(head, len)| {
-            let mut frame = vec![0u8; len as usize];
-            let addr = 0x20000 + u64::from(head) * 0x1000;
-            mem.read_slice(&mut frame, GuestAddress(addr)).unwrap();
-            let eth = &frame[VNET_HDR_LEN..];
-            (eth.len() >= 42 && eth[12..14] == [8, 6] && eth[20..22] == [0, 2])
-                .then(|| frame.clone())
-        });
-        if let Some(frame) = found {
-            break frame;
-        }
+    // Ask, as a guest would, every 200 ms (the kernel may drop the first
+    // replies: a fresh tap's carrier reaches its queue discipline up to a
+    // second after kiln attaches), and read what the namespace's kernel
+    // sends back until the ARP reply shows up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut asked = 0u16;
+    let reply = 'wait: loop {
         assert!(Instant::now() < deadline, "no ARP reply: {:?}", net.stats());
-        std::thread::sleep(Duration::from_millis(10));
+        txq.add_chain(asked % 16, &[(0x10000, request.len() as u32, false)]);
+        asked += 1;
+        net.process_queue(TX_QUEUE, &mut queues, &mem);
+        assert_eq!(
+            net.net_stats().tx_frames,
+            u64::from(asked),
+            "{:?}",
+            net.stats()
+        );
+        for _ in 0..20 {
+            net.process_backend(&mut queues, &mem);
+            let found = rxq.used().iter().find_map(|&(head, len)| {
+                let mut frame = vec![0u8; len as usize];
+                let addr = 0x20000 + u64::from(head) * 0x1000;
+                mem.read_slice(&mut frame, GuestAddress(addr)).unwrap();
+                let eth = &frame[VNET_HDR_LEN..];
+                (eth.len() >= 42 && eth[12..14] == [8, 6] && eth[20..22] == [0, 2])
+                    .then(|| frame.clone())
+            });
+            if let Some(frame) = found {
+                break 'wait frame;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     };
     let eth = &reply[VNET_HDR_LEN..];
     assert_eq!(&eth[..6], &mac.bytes(), "to the guest");
@@ -204,4 +225,83 @@ fn the_host_kernel_answers_arp_through_a_real_tap() {
     assert_eq!(u16::from_le_bytes([reply[10], reply[11]]), 1, "num_buffers");
     assert!(net.net_stats().rx_frames >= 1);
     assert_eq!(net.net_stats().rx_dropped, 0);
+}
+
+/// Opens the tap named by KILN_UT_STALL in a device whose guest posts no
+/// receive buffers, floods it from the namespace and prints the stats. Run
+/// inside the namespace by `a_guest_without_buffers_stalls_and_drops_are_counted`.
+#[test]
+#[ignore = "helper run by a_guest_without_buffers_stalls_and_drops_are_counted"]
+fn stall_tap_named_in_env() {
+    let name = std::env::var("KILN_UT_STALL").unwrap();
+    let tap = Tap::open(&name).unwrap();
+    let mem = Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let (_rxq, _txq, mut queues) = rings(&mem);
+    let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+    let mut net = Net::with_backend(format!("virtio-net {name}"), tap, mac);
+    net.activate(features::VERSION_1).unwrap();
+    // The carrier comes up (and the kernel starts sending to the tap) up
+    // to a second after the tap is attached: send until a frame arrives.
+    let sock = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.backend_interest().readable {
+        assert!(Instant::now() < deadline, "{name} never passed a frame");
+        sock.send_to(&[0u8; 100], "192.0.2.2:9").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(!net.process_backend(&mut queues, &mem));
+    }
+    // Now the guest has one frame waiting and no buffers: kiln stops
+    // watching the tap, whose own queue fills and then drops.
+    for _ in 0..64 {
+        sock.send_to(&[0u8; 100], "192.0.2.2:9").unwrap();
+    }
+    println!("KILN-UT: {}", net.stats().unwrap());
+}
+
+#[test]
+fn a_guest_without_buffers_stalls_and_drops_are_counted() {
+    let Some(ns) = Netns::new("stall") else {
+        eprintln!("skipped: needs root and iproute2");
+        return;
+    };
+    ns.ip(&["tuntap", "add", "kt0", "mode", "tap"]);
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "kt0"]);
+    ns.ip(&["link", "set", "kt0", "txqueuelen", "8", "up"]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "192.0.2.2",
+        "lladdr",
+        "52:54:00:12:34:56",
+        "dev",
+        "kt0",
+        "nud",
+        "permanent",
+    ]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "virtio::net::tap_tests::stall_tap_named_in_env"])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .env("KILN_UT_STALL", "kt0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split("KILN-UT: ").nth(1))
+        .unwrap_or_else(|| panic!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(line.contains("rx 0 frames 0 bytes, 0 dropped"), "{line}");
+    assert!(line.contains("1 stalls"), "{line}");
+    // 64 sent: one waits in the device, 8 in the tap's queue, the rest
+    // dropped by the kernel.
+    let drops: u64 = line
+        .split("; ")
+        .find_map(|part| {
+            part.strip_suffix(" frames dropped by the host kernel before kiln read them")
+        })
+        .unwrap_or_else(|| panic!("no kernel drop count: {line}"))
+        .parse()
+        .unwrap();
+    assert!(drops >= 50, "{line}");
 }
