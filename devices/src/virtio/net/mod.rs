@@ -469,6 +469,11 @@ impl<B: Backend> Net<B> {
         // count <= QUEUE_SIZE, so it fits in u16.
         let num_buffers = u16::try_from(count).unwrap_or(u16::MAX).to_le_bytes();
         self.rx.buf[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&num_buffers);
+        if !self.has(vnet::VIRTIO_NET_F_GUEST_CSUM) {
+            // The tap may mark frames DATA_VALID; a driver that did not
+            // take checksum offload must see flags 0 (virtio 1.2, 5.1.6.4.1).
+            self.rx.buf[0] = 0;
+        }
 
         let mut offset = 0;
         let mut complete = true;
