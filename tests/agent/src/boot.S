@@ -19,9 +19,16 @@
 #   1. load our GDT, point CR3 at the static identity map, enable PAE,
 #      SSE (CR4.OSFXSR|OSXMMEXCPT, CR0.MP, CR0.EM clear), long mode, paging;
 #   2. far jump into 64-bit code, load data segments, the TSS and the IDT;
-#   3. iretq to ring 3 at ring3_entry with %rdi = hvm_start_info, which
-#      calls the Rust function agent_start(start_info) (src/main.rs).
-# Interrupts stay disabled for good: the agent polls its devices.
+#   3. mask the legacy PIC, then iretq to ring 3 at ring3_entry with
+#      %rdi = hvm_start_info and IF=1, which calls the Rust function
+#      agent_start(start_info) (src/main.rs).
+# Ring 3 runs with interrupts enabled (IF=1 in the RFLAGS that iretq
+# loads: ring 3 cannot execute STI with IOPL 0, and a kvm_pvm host runs
+# ring 3 with IF=1 anyway), but every source starts masked: the PIC here,
+# the IOAPIC's redirection entries and the LAPIC's LVT entries from reset.
+# The agent polls its devices; only the `irq` check (src/irq.rs) unmasks
+# one IOAPIC pin towards IRQ_VECTOR, whose handler below counts the
+# interrupt in agent_irq_count and signals end-of-interrupt to the LAPIC.
 # Any CPU exception lands in isr_common, which prints
 #   AGENT: fault vector=0xVV error=0x... rip=0x... cs=0x.. rsp=0x... cr2=0x...
 # on COM1 and resets the machine (i8042 port 0x64 <- 0xfe).
@@ -61,7 +68,13 @@
 .set I8042_CMD,     0x64            # i8042 command port
 .set I8042_RESET,   0xfe            # "pulse reset line": kiln exits 0
 
-.set NUM_VECTORS,   32              # CPU exceptions 0-31; no interrupts used
+.set NUM_EXCEPTIONS, 32             # CPU exceptions 0-31: stubs below
+.set IRQ_VECTOR,    0x30            # the `irq` check's interrupts (src/irq.rs)
+.set SPURIOUS_VECTOR, 0x3f          # the LAPIC's spurious vector (src/irq.rs)
+.set NUM_VECTORS,   0x40            # IDT entries; 32-0x3f are absent but these two
+.set LAPIC_EOI,     0xfee000b0      # LAPIC end-of-interrupt register
+.set PIC1_DATA,     0x21            # 8259 interrupt mask registers (OCW1)
+.set PIC2_DATA,     0xa1
 .set ISR_STUB_SIZE, 16              # every stub below is padded to 16 bytes
 .set USER_STACK_SIZE, 0x20000       # 128 KiB for all the Rust code
 .set KERNEL_STACK_SIZE, 0x1000      # only the fault handler uses it
@@ -134,33 +147,55 @@ start64:
     ltr     %ax
 
     # IDT: one 16-byte interrupt gate per exception vector, pointing at the
-    # stubs below (isr_stubs + 16 * vector). The table is in .bss (zeroed),
-    # so offset 63:32 (we live below 4 GiB) and the reserved dword stay 0.
+    # stubs below (isr_stubs + 16 * vector), and one each for IRQ_VECTOR
+    # and SPURIOUS_VECTOR. The table is in .bss (zeroed), so offset 63:32
+    # (we live below 4 GiB) and the reserved dword stay 0, and the other
+    # vectors are not present (#NP: reported as a fault).
     movl    $isr_stubs, %eax
     movl    $idt, %edi
-    movl    $NUM_VECTORS, %ecx
-1:  movw    %ax, (%rdi)             # offset 15:0
+    movl    $NUM_EXCEPTIONS, %ecx
+1:  call    set_gate
+    addl    $ISR_STUB_SIZE, %eax
+    addq    $16, %rdi
+    decl    %ecx
+    jnz     1b
+    movl    $irq_handler, %eax
+    movl    $idt + IRQ_VECTOR * 16, %edi
+    call    set_gate
+    movl    $spurious_handler, %eax
+    movl    $idt + SPURIOUS_VECTOR * 16, %edi
+    call    set_gate
+    lidt    idt_ptr
+
+    # Mask every line of both 8259 PICs (OCW1). KVM's in-kernel PIC starts
+    # unmasked with vector base 0, and a BSP's LAPIC accepts its ExtINT
+    # from reset: a virtio device's interrupt would arrive as vector 5+i.
+    movb    $0xff, %al
+    outb    %al, $PIC1_DATA
+    outb    %al, $PIC2_DATA
+
+    # Drop to ring 3: iretq pops RIP, CS, RFLAGS, RSP, SS. CS/SS with RPL 3
+    # select the DPL-3 descriptors; RFLAGS = 0x202 (IF and the reserved
+    # bit) enables interrupts and keeps IOPL=0, so ring 3 reaches only the
+    # ports the TSS bitmap allows.
+    movl    %esi, %edi              # 1st argument of agent_start
+    pushq   $USER_DS                # SS
+    pushq   $user_stack_top         # RSP
+    pushq   $0x202                  # RFLAGS
+    pushq   $USER_CS                # CS
+    pushq   $ring3_entry            # RIP
+    iretq
+
+# set_gate: an interrupt gate to the handler at %eax in the IDT entry at
+# %rdi. Clobbers %edx.
+set_gate:
+    movw    %ax, (%rdi)             # offset 15:0
     movw    $KERNEL_CS, 2(%rdi)     # code segment of the handler
     movw    $0x8e00, 4(%rdi)        # P=1 DPL=0 type=0xE (interrupt gate), IST 0
     movl    %eax, %edx
     shrl    $16, %edx
     movw    %dx, 6(%rdi)            # offset 31:16
-    addl    $ISR_STUB_SIZE, %eax
-    addq    $16, %rdi
-    decl    %ecx
-    jnz     1b
-    lidt    idt_ptr
-
-    # Drop to ring 3: iretq pops RIP, CS, RFLAGS, RSP, SS. CS/SS with RPL 3
-    # select the DPL-3 descriptors; RFLAGS = 2 (reserved bit) keeps IF=0
-    # and IOPL=0, so ring 3 reaches only the ports the TSS bitmap allows.
-    movl    %esi, %edi              # 1st argument of agent_start
-    pushq   $USER_DS                # SS
-    pushq   $user_stack_top         # RSP
-    pushq   $2                      # RFLAGS
-    pushq   $USER_CS                # CS
-    pushq   $ring3_entry            # RIP
-    iretq
+    ret
 
 # ---- first instructions at ring 3 ------------------------------------------
 # A call (not a jump) so that agent_start sees the stack alignment the ABI
@@ -186,6 +221,24 @@ isr_stubs:
     pushq   $\vec
     jmp     isr_common
 .endr
+
+# ---- interrupt handlers (ring 0) --------------------------------------------
+# IRQ_VECTOR: count the interrupt and signal end-of-interrupt to the LAPIC
+# (any write to its EOI register). The counter is read at ring 3 by
+# src/irq.rs. Interrupt gates clear IF, so nothing nests.
+    .globl agent_irq_count
+irq_handler:
+    incq    agent_irq_count
+    pushq   %rax
+    movl    $LAPIC_EOI, %eax        # zero-extended: 0x00000000fee000b0
+    movl    $0, (%rax)
+    popq    %rax
+    iretq
+
+# SPURIOUS_VECTOR: the LAPIC sends it without setting an in-service bit,
+# so no EOI.
+spurious_handler:
+    iretq
 
 # Stack at entry: vector, error code, then the CPU's frame RIP, CS, RFLAGS,
 # RSP, SS. A fault at ring 3 switched to TSS.RSP0 (kernel_stack_top).
@@ -342,11 +395,14 @@ tss:
     .word 0                         # reserved
     .word iobitmap - tss            # where the I/O permission bitmap starts
 # One bit per port, 1 = denied at CPL > IOPL (IOPL is 0, and a kvm_pvm host
-# strips it anyway). Allowed: 0x60-0x64 (i8042) and 0x3f8-0x3ff (COM1).
+# strips it anyway). Allowed: 0x60-0x64 (i8042), 0xf4 (QEMU's debug exit,
+# unclaimed on kiln) and 0x3f8-0x3ff (COM1).
 iobitmap:
     .fill 0x60 / 8, 1, 0xff                 # ports 0x000-0x05f: denied
     .byte 0xe0                              # 0x060-0x064 allowed, 0x065-0x067 denied
-    .fill 0x3f8 / 8 - 0x68 / 8, 1, 0xff     # ports 0x068-0x3f7: denied
+    .fill 0xf0 / 8 - 0x68 / 8, 1, 0xff      # ports 0x068-0x0ef: denied
+    .byte 0xef                              # 0x0f4 allowed, 0x0f0-0x0f7 else denied
+    .fill 0x3f8 / 8 - 0xf8 / 8, 1, 0xff     # ports 0x0f8-0x3f7: denied
     .byte 0x00                              # 0x3f8-0x3ff allowed
     .fill 0x10000 / 8 - 0x400 / 8, 1, 0xff  # ports 0x400-0xffff: denied
     .byte 0xff                      # the CPU may read one byte past the map
@@ -358,6 +414,9 @@ tss_end:
     .balign 4096
 idt:
     .skip NUM_VECTORS * 16
+    .balign 8
+agent_irq_count:                    # interrupts seen at IRQ_VECTOR
+    .skip 8
     .balign 16
 kernel_stack:
     .skip KERNEL_STACK_SIZE

@@ -39,6 +39,14 @@ pub unsafe fn mmio_read32(addr: usize) -> u32 {
     core::ptr::read_volatile(addr as *const u32)
 }
 
+/// Writes a 32-bit device register.
+///
+/// # Safety
+/// As for [`mmio_read32`].
+pub unsafe fn mmio_write32(addr: usize, value: u32) {
+    core::ptr::write_volatile(addr as *mut u32, value);
+}
+
 /// Writes an 8-bit device register.
 ///
 /// # Safety
@@ -50,13 +58,22 @@ pub unsafe fn mmio_write8(addr: usize, value: u8) {
 /// i8042 command port and its "pulse the CPU reset line" command.
 const I8042_CMD: u16 = 0x64;
 const I8042_RESET: u8 = 0xfe;
+/// QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4`):
+/// QEMU microvm has no i8042, so this is how the agent ends a QEMU run
+/// (QEMU then exits with status (value << 1) | 1, i.e. 1 here).
+const DEBUG_EXIT: u16 = 0xf4;
 
 /// Resets the machine; kiln then exits with status 0.
 pub fn reset() -> ! {
-    // SAFETY: 0x64 is allowed by the TSS bitmap; resetting is the point.
-    unsafe { outb(I8042_CMD, I8042_RESET) };
-    // kiln stops the vCPU at the write above. HLT is not allowed at ring 3
-    // (it would #GP), so just spin if a VMM ever lets us get here.
+    // SAFETY: 0x64 and 0xf4 are allowed by the TSS bitmap; ending the VM
+    // is the point.
+    unsafe {
+        outb(I8042_CMD, I8042_RESET);
+        outb(DEBUG_EXIT, 0);
+    }
+    // kiln stops the vCPU at the first write above, QEMU (with a debug
+    // exit device) at the second. HLT is not allowed at ring 3 (it would
+    // #GP), so just spin if a VMM ever lets us get here.
     loop {
         core::hint::spin_loop();
     }

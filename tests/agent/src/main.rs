@@ -4,8 +4,13 @@
 //!   TSS, IDT, fault handler) that ends by dropping to ring 3;
 //! - this file: the Rust entry at ring 3, the panic handler, the test loop;
 //! - serial.rs (COM1, `println!`), cmdline.rs (`agent.*` options),
-//!   checks.rs (the check framework), tests.rs (the tests), io.rs (ports,
-//!   MMIO, reset), mem.rs (memcpy and friends, since there is no libc).
+//!   checks.rs (the check framework), tests.rs (the test table and the
+//!   basic tests), io.rs (ports, MMIO, reset), mem.rs (memcpy and friends,
+//!   since there is no libc), time.rs (TSC);
+//! - virtio.rs (finding virtio-mmio devices, opening disks), hal.rs
+//!   (virtio-drivers' DMA pool), blk.rs (the `blk-*` checks through
+//!   virtio-drivers), hostile.rs (`blk-hostile`: broken chains by hand),
+//!   irq.rs (`irq`: IOAPIC and LAPIC set-up, interrupt counting).
 //!
 //! Everything here runs at ring 3, natively even on a nested kvm_pvm host.
 //! It is built for the ordinary host target (x86_64-unknown-linux-gnu)
@@ -16,12 +21,18 @@
 // no heap to box it into, and returning it by value is cheap enough here.
 #![allow(clippy::result_large_err)]
 
+mod blk;
 mod checks;
 mod cmdline;
+mod hal;
+mod hostile;
 mod io;
+mod irq;
 mod mem;
 mod serial;
 mod tests;
+mod time;
+mod virtio;
 
 core::arch::global_asm!(include_str!("boot.S"), options(att_syntax));
 
@@ -71,16 +82,26 @@ unsafe fn pvh_cmdline(start_info: usize) -> &'static str {
 fn agent_main(cmdline: &str) -> ! {
     let args = cmdline::parse(cmdline);
     println!("AGENT: start tests={}", args.tests);
-    let ctx = tests::Context { cmdline, args };
     let mut runner = checks::Runner::new(args.fail);
     for name in args.tests() {
-        match tests::find(name) {
+        let (base, arg) = match name.split_once(':') {
+            Some((base, arg)) => (base, Some(arg)),
+            None => (name, None),
+        };
+        let ctx = tests::Context { cmdline, args, arg };
+        match tests::find(base) {
             Some(test) => runner.check(name, || test(&ctx)),
             None => runner.check(name, || fail!("unknown test")),
         }
     }
     runner.finish()
 }
+
+/// Never called: panics abort. The host target's precompiled libcore is
+/// built for unwinding and refers to this symbol; only LTO (the release
+/// profile) drops that reference, so without it a dev build does not link.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
 
 /// A panic prints one line (message and location) and resets: the missing
 /// `AGENT: done` line tells the harness that the run failed.

@@ -14,8 +14,14 @@ const COM1: u16 = 0x3f8;
 const THR: u16 = COM1;
 /// FIFO control register (write only).
 const FCR: u16 = COM1 + 2;
+/// Interrupt enable register (DLAB=0) and interrupt identification register.
+pub const IER: u16 = COM1 + 1;
+pub const IIR: u16 = COM1 + 2;
+/// IER: interrupt when the transmit holding register is empty.
+pub const IER_THR_EMPTY: u8 = 0x02;
 /// Line status register.
 const LSR: u16 = COM1 + 5;
+const LSR_DATA_READY: u8 = 0x01;
 const LSR_THR_EMPTY: u8 = 0x20;
 /// FCR: enable the FIFOs and clear both of them.
 const FCR_ENABLE_AND_CLEAR: u8 = 0x07;
@@ -26,6 +32,23 @@ const FIFO_SIZE: usize = 16;
 pub fn init() {
     // SAFETY: COM1 ports are allowed by the TSS bitmap.
     unsafe { outb(FCR, FCR_ENABLE_AND_CLEAR) };
+}
+
+/// Reads one byte of console input, or `None` once `deadline` passed.
+pub fn read_byte(deadline: crate::time::Deadline) -> Option<u8> {
+    loop {
+        // SAFETY: COM1 ports are allowed by the TSS bitmap; reading THR/RBR
+        // only consumes the byte we are waiting for.
+        unsafe {
+            if inb(LSR) & LSR_DATA_READY != 0 {
+                return Some(inb(THR));
+            }
+        }
+        if deadline.passed() {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 /// The serial console. Zero-sized: every `Com1` writes to the same UART,

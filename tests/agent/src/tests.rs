@@ -15,6 +15,8 @@ pub struct Context<'a> {
     pub cmdline: &'a str,
     /// The agent's options parsed from it.
     pub args: Args<'a>,
+    /// The test's argument: what follows a colon in its name (`blk-rw:1`).
+    pub arg: Option<&'a str>,
 }
 
 /// A test: returns Ok or why it failed.
@@ -25,13 +27,21 @@ pub const TESTS: &[(&str, Test)] = &[
     ("selftest", selftest),
     ("boottime", boottime),
     ("probe", probe),
+    // virtio-blk through virtio-drivers (src/blk.rs) and by hand (src/hostile.rs).
+    ("blk-rw", crate::blk::blk_rw),
+    ("blk-flush", crate::blk::blk_flush),
+    ("blk-ro", crate::blk::blk_ro),
+    ("blk-id", crate::blk::blk_id),
+    ("blk-hostile", crate::hostile::blk_hostile),
+    // Interrupt delivery through the IOAPIC and LAPIC (src/irq.rs).
+    ("irq", crate::irq::irq),
     // These crash on purpose, to test how the harness handles a dead guest.
     ("fault", fault),
     ("badport", badport),
     ("panic", panic),
 ];
 
-/// Looks a test up by name.
+/// Looks a test up by name (without its `:argument`).
 pub fn find(name: &str) -> Option<Test> {
     TESTS.iter().find(|(n, _)| *n == name).map(|&(_, t)| t)
 }
@@ -106,9 +116,8 @@ fn selftest(ctx: &Context) -> CheckResult {
     memory_pattern()?;
 
     // 5. We really are at ring 3, with IOPL 0 (so only the TSS bitmap
-    //    decides which ports we reach). IF is not checked: boot.S enters
-    //    ring 3 with IF=0, but a nested kvm_pvm host runs guest user mode
-    //    with IF=1 (pushfq shows 0x246). No device is set up to interrupt.
+    //    decides which ports we reach) and IF=1 (boot.S enters ring 3 so;
+    //    every interrupt source stays masked unless the irq check opens one).
     ensure!(io::cpl() == 3, "cpl: running at CPL {}", io::cpl());
     let flags = io::rflags();
     ensure!(
@@ -116,6 +125,7 @@ fn selftest(ctx: &Context) -> CheckResult {
         "rflags: IOPL is {} ({flags:#x})",
         (flags >> 12) & 3
     );
+    ensure!(flags & (1 << 9) != 0, "rflags: IF is 0 ({flags:#x})");
     Ok(())
 }
 
@@ -177,48 +187,22 @@ fn boottime(_: &Context) -> CheckResult {
 
 // ---- probe ----------------------------------------------------------------
 
-/// "virt" in little endian: the MagicValue register of a virtio-mmio device.
-const VIRTIO_MAGIC: u32 = 0x7472_6976;
-/// Register offsets in a virtio-mmio window (virtio spec 4.2.2).
-const VIRTIO_MMIO_VERSION: usize = 0x004;
-const VIRTIO_MMIO_DEVICE_ID: usize = 0x008;
-
-/// Where VMMs put virtio-mmio windows: (first, stride, count).
-/// kiln and Firecracker: 4 KiB apart from 0xd0000000. QEMU microvm:
-/// 512 bytes apart from 0xfeb00000.
-const VIRTIO_WINDOWS: &[(usize, usize, usize)] =
-    &[(0xd000_0000, 0x1000, 32), (0xfeb0_0000, 0x200, 32)];
-
-/// Lists the virtio-mmio devices. Finding none is fine (kiln has none yet).
-/// Transports with device ID 0 are empty slots (QEMU microvm always has
-/// 32 of them) and are only counted.
-fn probe(_: &Context) -> CheckResult {
-    let (mut found, mut empty) = (0, 0);
-    for &(first, stride, count) in VIRTIO_WINDOWS {
-        for n in 0..count {
-            let base = first + n * stride;
-            // SAFETY: reads of device registers in the identity map; where
-            // nothing is mapped kiln returns zeros (one VM exit each).
-            let magic = unsafe { io::mmio_read32(base) };
-            if magic != VIRTIO_MAGIC {
-                continue;
-            }
-            // SAFETY: as above; a virtio-mmio window is at least 0x100 bytes.
-            let (version, id) = unsafe {
-                (
-                    io::mmio_read32(base + VIRTIO_MMIO_VERSION),
-                    io::mmio_read32(base + VIRTIO_MMIO_DEVICE_ID),
-                )
-            };
-            if id == 0 {
-                empty += 1;
-                continue;
-            }
-            found += 1;
-            println!("AGENT: virtio-mmio at {base:#x} device-id {id} version {version}");
-        }
+/// Lists the virtio-mmio devices (src/virtio.rs says where it looks).
+/// Finding none is fine. Transports with device ID 0 are empty slots (QEMU
+/// microvm always has some) and are only counted.
+fn probe(ctx: &Context) -> CheckResult {
+    let devices = crate::virtio::discover(ctx.cmdline);
+    for d in devices.all() {
+        println!(
+            "AGENT: virtio-mmio at {:#x} device-id {} version {} irq {:?}",
+            d.base, d.device_id, d.version, d.gsi
+        );
     }
-    println!("AGENT: probe: {found} virtio-mmio device(s), {empty} empty transport(s)");
+    println!(
+        "AGENT: probe: {} virtio-mmio device(s), {} empty transport(s)",
+        devices.all().len(),
+        devices.empty
+    );
     Ok(())
 }
 
