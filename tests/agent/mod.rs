@@ -126,6 +126,21 @@ pub fn check_elf(elf: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The `key=value` words of the first agent line that starts with `tag`
+/// (`AGENT: blk-rw disk=0 sectors=16384 ...` for tag `blk-rw`), if any.
+pub fn info(stdout: &str, tag: &str) -> Option<std::collections::HashMap<String, String>> {
+    let line = stdout.lines().find_map(|l| {
+        let rest = &l[l.find(PREFIX)? + PREFIX.len()..];
+        rest.strip_prefix(tag)?.strip_prefix(' ')
+    })?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
 /// What the agent reported on the console.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
