@@ -37,9 +37,31 @@ pub struct RunArgs {
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 
+    /// A virtio block disk: an image file, optionally read-only and with an
+    /// ID the guest can read; repeat for more disks (the guest sees them as
+    /// /dev/vda, /dev/vdb, ... in this order).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
+    pub disks: Vec<String>,
+
+    /// Boot from the first --disk: adds root=/dev/vda and rw (ro for a
+    /// read-only disk) to the kernel command line.
+    #[arg(long)]
+    pub root_disk: bool,
+
+    /// A virtio network card on an existing tap device (create it with
+    /// `ip tuntap add NAME mode tap`); repeat for more cards.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<String>,
+
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
+
+    /// Write no ACPI tables: the guest finds its CPUs through the MP table
+    /// and its virtio devices through the command line only (kernels built
+    /// without ACPI), and `poweroff` is detected from halted vCPUs.
+    #[arg(long)]
+    pub no_acpi: bool,
 
     /// Guest RAM, e.g. 128M, 1G, 1536M (suffixes K, M, G; bare numbers are MiB).
     #[arg(long, default_value = "256M", value_name = "SIZE")]

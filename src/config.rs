@@ -75,6 +75,25 @@ pub enum ConfigError {
         /// The limit.
         max: u32,
     },
+    /// A --disk option did not parse.
+    #[error("invalid --disk '{spec}': {why}; use PATH[,ro][,id=NAME]")]
+    DiskSpec {
+        /// What was given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// --root-disk without a disk.
+    #[error("--root-disk needs a --disk to boot from")]
+    RootDiskWithoutDisk,
+    /// A --net option did not parse.
+    #[error("invalid --net '{spec}': {why}; use tap=NAME[,mac=MAC]")]
+    NetSpec {
+        /// What was given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// --console did not parse.
     #[error("invalid --console '{0}': use stdio, none or file:PATH")]
     Console(String),
@@ -91,6 +110,27 @@ pub enum ConsoleMode {
     File(PathBuf),
 }
 
+/// One --disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Guest writes fail; the file is opened read-only.
+    pub read_only: bool,
+    /// What GET_ID returns (at most 20 bytes).
+    pub id: Option<String>,
+}
+
+/// One --net.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The existing tap device's name.
+    pub tap: String,
+    /// The guest's MAC address as given (checked when the card is built);
+    /// a stable one is generated when absent.
+    pub mac: Option<String>,
+}
+
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -102,10 +142,18 @@ pub struct VmConfig {
     pub cmdline: Option<String>,
     /// Number of vCPUs.
     pub cpus: u8,
+    /// Write no ACPI tables (--no-acpi): MP table and command-line devices only.
+    pub no_acpi: bool,
     /// RAM in bytes.
     pub mem_size: u64,
     /// Serial console routing.
     pub console: ConsoleMode,
+    /// virtio disks, in guest order (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// Mount the first disk as the root file system.
+    pub root_disk: bool,
+    /// virtio network cards, in guest order.
+    pub nets: Vec<NetConfig>,
     /// /dev/kvm.
     pub kvm_device: PathBuf,
     /// 0 = normal, 1 = -v, 2 = -vv.
@@ -137,6 +185,70 @@ pub fn parse_size(s: &str) -> Option<u64> {
         return None;
     }
     num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+/// Longest disk ID virtio-blk can return (VIRTIO_BLK_ID_BYTES).
+pub const DISK_ID_MAX: usize = 20;
+/// Longest Linux interface name (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// Parses one --disk: `PATH[,ro][,id=NAME]`.
+pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
+    let bad = |why: &str| ConfigError::DiskSpec {
+        spec: spec.to_string(),
+        why: why.to_string(),
+    };
+    let mut parts = spec.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(bad("no image path"));
+    }
+    let mut disk = DiskConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+        id: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => disk.read_only = true,
+            None if opt == "rw" => disk.read_only = false,
+            Some(("id", id)) => {
+                if id.is_empty() || id.len() > DISK_ID_MAX {
+                    return Err(bad("the id must be 1 to 20 characters"));
+                }
+                if !id.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(bad("the id must be printable ASCII without spaces"));
+                }
+                disk.id = Some(id.to_string());
+            }
+            _ => return Err(bad(&format!("unknown option '{opt}'"))),
+        }
+    }
+    Ok(disk)
+}
+
+/// Parses one --net: `tap=NAME[,mac=MAC]`.
+pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
+    let bad = |why: &str| ConfigError::NetSpec {
+        spec: spec.to_string(),
+        why: why.to_string(),
+    };
+    let mut tap = None;
+    let mut mac = None;
+    for opt in spec.split(',') {
+        match opt.split_once('=') {
+            Some(("tap", name)) => {
+                if name.is_empty() || name.len() > IFNAME_MAX || name.contains('/') {
+                    return Err(bad("the tap name must be 1 to 15 characters, no '/'"));
+                }
+                tap = Some(name.to_string());
+            }
+            Some(("mac", m)) => mac = Some(m.to_string()),
+            _ => return Err(bad(&format!("unknown option '{opt}'"))),
+        }
+    }
+    let tap = tap.ok_or_else(|| bad("no tap=NAME"))?;
+    Ok(NetConfig { tap, mac })
 }
 
 /// Parses --console.
@@ -233,13 +345,37 @@ impl VmConfig {
         check_memory(mem_size, host_ram_bytes())?;
         let cpus = check_cpus(args.cpus)?;
         let console = parse_console(&args.console)?;
+        let disks = args
+            .disks
+            .iter()
+            .map(|s| parse_disk(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        for d in &disks {
+            std::fs::metadata(&d.path).map_err(|source| ConfigError::Open {
+                what: "disk image",
+                path: d.path.clone(),
+                source,
+            })?;
+        }
+        if args.root_disk && disks.is_empty() {
+            return Err(ConfigError::RootDiskWithoutDisk);
+        }
+        let nets = args
+            .nets
+            .iter()
+            .map(|s| parse_net(s))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(VmConfig {
             kernel: args.kernel.clone(),
             initrd: args.initrd.clone(),
             cmdline: args.cmdline.clone(),
             cpus,
+            no_acpi: args.no_acpi,
             mem_size,
             console,
+            disks,
+            root_disk: args.root_disk,
+            nets,
             kvm_device: args.kvm_device.clone(),
             verbosity: args.verbose,
         })
@@ -311,6 +447,48 @@ mod tests {
         );
         assert!(parse_console("file:").is_err());
         assert!(parse_console("tty").is_err());
+    }
+
+    #[test]
+    fn disks_parse() {
+        assert_eq!(
+            parse_disk("a.img").unwrap(),
+            DiskConfig {
+                path: "a.img".into(),
+                read_only: false,
+                id: None
+            }
+        );
+        let d = parse_disk("/x/b.img,ro,id=data-1").unwrap();
+        assert!(d.read_only);
+        assert_eq!(d.id.as_deref(), Some("data-1"));
+        for bad in [
+            "",
+            ",ro",
+            "a,readonly",
+            "a,id=",
+            "a,id=123456789012345678901",
+            "a,id=has space",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nets_parse() {
+        let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:01"));
+        assert_eq!(parse_net("tap=t").unwrap().mac, None);
+        for bad in [
+            "",
+            "tap=",
+            "mac=02:00:00:00:00:01",
+            "tap=a,x=1",
+            "tap=0123456789abcdef",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod pvm;
 mod stats;
 mod terminal;
 mod vcpu;
+mod virtio;
 mod vm;
 mod vmm;
 
@@ -55,6 +56,9 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
                 for r in &summary.repairs {
                     log::info!("host repairs: {r}");
                 }
+                for d in &summary.devices {
+                    log::info!("{d}");
+                }
             }
             match &summary.reason {
                 control::StopReason::Fatal(msg) => log::error!("{msg}"),
@@ -98,5 +102,8 @@ fn is_usage_error(e: &vmm::VmmError) -> bool {
         ) | vmm::VmmError::CmdlineTooLong { .. }
             | vmm::VmmError::Open(..)
             | vmm::VmmError::Console(_)
+            | vmm::VmmError::Disk(_)
+            | vmm::VmmError::Net(_)
+            | vmm::VmmError::Virtio(crate::virtio::VirtioError::TooManyDevices { .. })
     )
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use boot::layout;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -59,14 +59,18 @@ pub enum VmError {
     /// KVM_IRQFD failed.
     #[error("cannot connect interrupt {0}: {1}")]
     Irqfd(u32, kvm_ioctls::Error),
+    /// KVM_IOEVENTFD failed.
+    #[error("cannot attach a queue notification at {0:#x}: {1}")]
+    Ioeventfd(u64, kvm_ioctls::Error),
     /// eventfd() failed.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
 }
 
 /// Capabilities kiln cannot run without.
-const REQUIRED_CAPS: [(Cap, &str); 5] = [
+const REQUIRED_CAPS: [(Cap, &str); 6] = [
     (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
     (Cap::Pit2, "KVM_CAP_PIT2"),
     (Cap::Irqfd, "KVM_CAP_IRQFD"),
     (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
@@ -176,6 +180,16 @@ impl Vm {
         self.fd
             .register_irqfd(&evt, gsi)
             .map_err(|e| VmError::Irqfd(gsi, e))?;
+        Ok(evt)
+    }
+
+    /// An eventfd that KVM signals, without an exit, when the guest writes
+    /// `datamatch` as a 32-bit value to the MMIO address `addr`.
+    pub fn ioeventfd(&self, addr: u64, datamatch: u32) -> Result<EventFd, VmError> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.fd
+            .register_ioevent(&evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|e| VmError::Ioeventfd(addr, e))?;
         Ok(evt)
     }
 }

@@ -6,18 +6,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use boot::cpu::EntryMode;
-use boot::{layout, loader, mptable, zero_page};
+use boot::{acpi, layout, loader, mptable, zero_page};
+use devices::acpi_pm::AcpiPm;
 use devices::boot_timer::BootTimer;
 use devices::bus::Bus;
 use devices::cmos::Cmos;
 use devices::i8042::I8042;
 use devices::serial::Serial;
+use devices::virtio::block::{Block, DiskImage};
+use devices::virtio::net::{MacAddr, Net};
+use devices::virtio::VirtioDevice;
 
 use crate::config::{ConsoleMode, VmConfig};
-use crate::control::{ResetLine, StopReason, VmControl};
+use crate::control::{PowerOffLine, ResetLine, StopReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop};
 use crate::stats::ExitStats;
 use crate::vcpu::{BootEntry, Vcpu};
+use crate::virtio::Slot;
 use crate::vm::Vm;
 use crate::{cmdline, console, pvm, terminal};
 
@@ -50,6 +55,9 @@ pub enum VmmError {
     /// Writing the MP table failed.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// Writing the ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// A device could not be placed.
     #[error("cannot place a device: {0}")]
     Bus(#[from] devices::bus::BusError),
@@ -59,6 +67,15 @@ pub enum VmmError {
     /// The event loop failed.
     #[error(transparent)]
     EventLoop(#[from] crate::event_loop::EventLoopError),
+    /// A virtio device could not be attached.
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::VirtioError),
+    /// A disk image could not be opened.
+    #[error(transparent)]
+    Disk(#[from] devices::virtio::block::BlockError),
+    /// A network card could not be set up.
+    #[error(transparent)]
+    Net(#[from] devices::virtio::net::NetError),
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
@@ -75,6 +92,8 @@ pub struct RunSummary {
     pub stats: ExitStats,
     /// Host-repair counters per vCPU, if repairs were on.
     pub repairs: Vec<String>,
+    /// Device counters worth reporting (e.g. dropped frames).
+    pub devices: Vec<String>,
 }
 
 /// Builds the VM from `config` and runs it until it stops.
@@ -92,7 +111,8 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
     // 4. Guest RAM around the MMIO gap.
     vm.add_memory(config.mem_size)?;
 
-    // 5. Kernel, initrd, command line, boot_params/start_info, MP table.
+    // 5. Kernel, initrd, command line, boot_params/start_info, MP table,
+    //    ACPI tables.
     let mut kernel =
         File::open(&config.kernel).map_err(|e| VmmError::Open(config.kernel.clone(), e))?;
     let kernel = loader::load_kernel(&vm.mem, &mut kernel)?;
@@ -120,7 +140,27 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
         defaults.push(pvm::default_cmdline(vm.tsc_khz()));
     }
     let defaults: Vec<&str> = defaults.iter().map(String::as_str).collect();
-    let cmdline = cmdline::compose(&defaults, &[], config.cmdline.as_deref().unwrap_or(""));
+    // Every virtio device gets the next slot: disks first, then NICs.
+    let slots = (0..config.disks.len() + config.nets.len())
+        .map(Slot::for_index)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut device_params: Vec<String> = slots.iter().map(Slot::cmdline).collect();
+    if config.root_disk {
+        device_params.push("root=/dev/vda".into());
+        device_params.push(
+            if config.disks[0].read_only {
+                "ro"
+            } else {
+                "rw"
+            }
+            .into(),
+        );
+    }
+    let cmdline = cmdline::compose(
+        &defaults,
+        &device_params,
+        config.cmdline.as_deref().unwrap_or(""),
+    );
     if cmdline.len() > kernel.cmdline_max() {
         return Err(VmmError::CmdlineTooLong {
             len: cmdline.len(),
@@ -139,16 +179,30 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
     );
     loader::write_cmdline(&vm.mem, &cmdline)?;
     let e820 = zero_page::e820_map(config.mem_size);
+    // ACPI tables (not with --no-acpi): CPUs, IOAPIC, legacy and virtio devices, S5.
+    let rsdp = if config.no_acpi {
+        None
+    } else {
+        let virtio: Vec<acpi::VirtioMmioSlot> = slots
+            .iter()
+            .map(|s| acpi::VirtioMmioSlot {
+                base: s.base,
+                size: s.size,
+                irq: s.irq,
+            })
+            .collect();
+        Some(acpi::write(&vm.mem, config.cpus, &virtio)?.0)
+    };
     let info_addr = match kernel.mode {
         EntryMode::Pvh32 => {
-            zero_page::write_pvh_start_info(&vm.mem, initrd, &e820, None)?;
+            zero_page::write_pvh_start_info(&vm.mem, initrd, &e820, rsdp)?;
             layout::PVH_INFO_START
         }
         EntryMode::Long64 => {
             let hdr = kernel
                 .setup_header
                 .unwrap_or_else(zero_page::default_setup_header);
-            zero_page::write_boot_params(&vm.mem, hdr, cmdline.len(), initrd, &e820)?;
+            zero_page::write_boot_params(&vm.mem, hdr, cmdline.len(), initrd, &e820, rsdp)?;
             layout::ZERO_PAGE_START
         }
     };
@@ -174,6 +228,18 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
         layout::ports::I8042_LEN.into(),
         Arc::new(Mutex::new(i8042)),
     )?;
+    if !config.no_acpi {
+        // The FADT's sleep-control (S5 = power off) and reset registers.
+        let pm = AcpiPm::new(
+            Arc::new(PowerOffLine(control.clone())),
+            Arc::new(ResetLine(control.clone())),
+        );
+        pio.insert(
+            layout::ports::ACPI_PM.into(),
+            layout::ports::ACPI_PM_LEN.into(),
+            Arc::new(Mutex::new(pm)),
+        )?;
+    }
     let (below_4g, above_4g) =
         layout::ram_regions(config.mem_size)
             .iter()
@@ -194,6 +260,21 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
         layout::BOOT_TIMER_SIZE,
         Arc::new(Mutex::new(BootTimer::new(start))),
     )?;
+    let mut backends: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for d in &config.disks {
+        let image = DiskImage::open(&d.path, d.read_only, d.id.as_deref())?;
+        backends.push(Box::new(Block::new(image)));
+    }
+    for n in &config.nets {
+        let mac = n.mac.as_deref().map(str::parse::<MacAddr>).transpose()?;
+        backends.push(Box::new(Net::new(&n.tap, mac)?));
+    }
+    let mut virtio_devices = Vec::new();
+    for (index, device) in backends.into_iter().enumerate() {
+        let attached = crate::virtio::attach(&vm, &mut mmio, index, device)?;
+        debug_assert_eq!(attached.slot, slots[index]);
+        virtio_devices.push(attached);
+    }
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
     // 7. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
@@ -226,6 +307,9 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
 
     // 8. Start the vCPU threads and run the event loop until the VM stops.
     let mut event_loop = EventLoop::new(control.clone())?;
+    for d in &virtio_devices {
+        event_loop.add(d.events.clone());
+    }
     let _raw = if config.console == ConsoleMode::Stdio {
         event_loop.add(Arc::new(Mutex::new(ConsoleInput::new(
             serial.clone(),
@@ -263,6 +347,15 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
         }
     }
     serial.lock().expect("serial lock").flush();
+    let devices = virtio_devices
+        .iter()
+        .filter_map(|d| {
+            let t = d.transport.lock().expect("virtio lock");
+            t.device()
+                .stats()
+                .map(|s| format!("{}: {s}", t.device().name()))
+        })
+        .collect();
     let reason = control
         .reason()
         .unwrap_or_else(|| StopReason::Fatal("the VM stopped without a reason".into()));
@@ -270,6 +363,7 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
         reason,
         stats,
         repairs,
+        devices,
     })
 }
 

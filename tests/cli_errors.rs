@@ -173,3 +173,82 @@ fn unsafe_geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
+
+#[test]
+fn bad_disk_options() {
+    let o = run_kiln(&["--disk", "/nonexistent/disk.img"]);
+    expect_usage_error(&o, "cannot open disk image /nonexistent/disk.img");
+    let o = run_kiln(&["--disk", "x.img,readonly"]);
+    expect_usage_error(
+        &o,
+        "invalid --disk 'x.img,readonly': unknown option 'readonly'",
+    );
+    let o = run_kiln(&["--root-disk"]);
+    expect_usage_error(&o, "--root-disk needs a --disk");
+    let o = run_kiln(&["--net", "mac=02:00:00:00:00:01"]);
+    expect_usage_error(&o, "invalid --net");
+}
+
+#[test]
+fn disk_whose_size_is_not_whole_sectors() {
+    let dir = common::scratch("oddsize");
+    let img = dir.join("odd.img");
+    std::fs::write(&img, vec![0u8; 1000]).unwrap();
+    let o = run_kiln(&["--disk", img.to_str().unwrap()]);
+    expect_usage_error(&o, "512");
+    o.check(
+        std::fs::read(&img).unwrap() == vec![0u8; 1000],
+        "the image is untouched",
+    );
+}
+
+#[test]
+fn disk_in_use_by_another_kiln() {
+    let dir = common::scratch("locked");
+    let img = dir.join("shared.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let elf = payload();
+    let mut first = common::kiln();
+    first.args([
+        "run",
+        "--kernel",
+        &elf,
+        "--cmdline",
+        "payload=spin",
+        "--disk",
+        img.to_str().unwrap(),
+    ]);
+    let mut first = common::Running::start(first);
+    assert!(
+        first.wait_for_stdout("spinning", TIMEOUT),
+        "the first kiln runs with the disk"
+    );
+    let holder = first.pid();
+    let second = run_kiln(&["--disk", img.to_str().unwrap()]);
+    // A read-only open of an image someone writes is refused too.
+    let second_ro = run_kiln(&["--disk", &format!("{},ro", img.display())]);
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(first.pid(), libc::SIGTERM) };
+    let first = first.wait(TIMEOUT);
+    first.check(first.code == Some(143), "the first kiln stopped on SIGTERM");
+    expect_usage_error(&second, "in use");
+    second.check(
+        second.errors()[0].contains(&holder.to_string()),
+        &format!("the error names the holder (pid {holder})"),
+    );
+    expect_usage_error(&second_ro, "in use");
+}
+
+#[test]
+fn bad_net_options() {
+    let o = run_kiln(&["--net", "tap=kiln-nosuch0"]);
+    expect_usage_error(&o, "tap `kiln-nosuch0` does not exist");
+    o.check(
+        !std::path::Path::new("/sys/class/net/kiln-nosuch0").exists(),
+        "no interface was created",
+    );
+    let o = run_kiln(&["--net", "tap=kiln-nosuch0,mac=02:00:00:00:00"]);
+    expect_usage_error(&o, "bad MAC address");
+    let o = run_kiln(&["--net", "tap=kiln-nosuch0,mac=01:00:5e:00:00:01"]);
+    expect_usage_error(&o, "multicast");
+}

@@ -108,7 +108,8 @@ pub trait VirtioDevice: Send {
     fn process_backend(&mut self, _queues: &mut [Queue], _mem: &Memory) -> bool {
         false
     }
-    /// Counters worth printing when the VM stops (e.g. dropped frames).
+    /// Counters worth printing when the VM stops (e.g. dropped frames), as
+    /// one line that starts with the device's name.
     fn stats(&self) -> Option<String> {
         None
     }
