@@ -150,8 +150,8 @@ struct Slot {
 /// `qd` in flight. For writes `produce(sector, buf)` fills each buffer
 /// first; for reads `consume(sector, buf)` sees each buffer when its
 /// request completes (not necessarily in order). Returns the TSC ticks
-/// it took. On failure the device is reset so that it stops using the
-/// buffers.
+/// it took. After a failure requests may still be in flight: the caller
+/// drops the [`Disk`], which resets the device.
 fn transfer(
     disk: &mut Disk,
     clock: &Clock,
@@ -160,30 +160,6 @@ fn transfer(
     (req_size, qd): (usize, usize),
     mut produce: impl FnMut(u64, &mut [u8]),
     mut consume: impl FnMut(u64, &[u8]) -> CheckResult,
-) -> Result<u64, Fail> {
-    let result = transfer_inner(
-        disk,
-        clock,
-        dir,
-        (first, count),
-        (req_size, qd),
-        &mut produce,
-        &mut consume,
-    );
-    if result.is_err() {
-        disk.dev.write(virtio::reg::STATUS, 0);
-    }
-    result
-}
-
-fn transfer_inner(
-    disk: &mut Disk,
-    clock: &Clock,
-    dir: Dir,
-    (first, count): (u64, u64),
-    (req_size, qd): (usize, usize),
-    produce: &mut impl FnMut(u64, &mut [u8]),
-    consume: &mut impl FnMut(u64, &[u8]) -> CheckResult,
 ) -> Result<u64, Fail> {
     let base = core::ptr::addr_of_mut!(IO_BUF) as *mut u8;
     let buffer = |slot: usize, sectors: usize| {
@@ -329,7 +305,7 @@ pub fn blk_rw(ctx: &Context) -> CheckResult {
         clock.khz,
         clock.source
     );
-    Ok(())
+    disk.close(&clock)
 }
 
 /// `blk-flush[:N]`: a pattern, a FLUSH, and a line for the host.
@@ -386,7 +362,7 @@ pub fn blk_flush(ctx: &Context) -> CheckResult {
         |_, _| {},
         |s, buf| verify(seed, s, buf),
     )?;
-    Ok(())
+    disk.close(&clock)
 }
 
 /// `blk-ro[:N]`: a read-only disk refuses writes and reads fine.
@@ -442,7 +418,7 @@ pub fn blk_ro(ctx: &Context) -> CheckResult {
         disk.index,
         Rate(clock.mib_per_s_x100(cap * SECTOR_SIZE as u64, ticks))
     );
-    Ok(())
+    disk.close(&clock)
 }
 
 /// `blk-id[:N]`: GET_ID against `agent.blk_id=A,B,...` (entry N).
@@ -465,5 +441,5 @@ pub fn blk_id(ctx: &Context) -> CheckResult {
         id[..len] == *expected.as_bytes(),
         "GET_ID returned {got:?}, expected {expected:?}"
     );
-    Ok(())
+    disk.close(&Clock::new(ctx.cmdline))
 }

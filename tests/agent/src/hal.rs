@@ -48,9 +48,15 @@ pub fn alloc_pages(pages: usize) -> Option<NonNull<u8>> {
 /// Returns pages from [`alloc_pages`] to the pool.
 pub fn free_pages(addr: usize, pages: usize) {
     let base = core::ptr::addr_of!(POOL) as usize;
-    assert!(addr >= base && pages > 0, "freeing {addr:#x}: not from the pool");
+    assert!(
+        addr >= base && pages > 0,
+        "freeing {addr:#x}: not from the pool"
+    );
     let first = (addr - base) / PAGE_SIZE;
-    assert!(first + pages <= POOL_PAGES, "freeing {addr:#x}: past the pool");
+    assert!(
+        first + pages <= POOL_PAGES,
+        "freeing {addr:#x}: past the pool"
+    );
     let run = if pages == 64 {
         u64::MAX
     } else {

@@ -7,7 +7,7 @@
 //! Each case prints
 //!
 //! ```text
-//! AGENT: blk-hostile CASE: used len L status S -> ok
+//! AGENT: blk-hostile CASE: used id 0 len L status S (last data byte B) -> ok
 //! AGENT: blk-hostile CASE: no answer (device status 0x..) -> BAD
 //! ```
 //!
@@ -15,9 +15,12 @@
 //! 0xff: the device did not write it). A case passes when the device
 //! answers (puts the chain in the used ring) without asking for a reset,
 //! and: for a chain with a usable status byte, the status is an error; for
-//! one without (no writable status descriptor), the status byte stays
-//! untouched and the used length is 0; for a loop or a chain that runs out
-//! of the table, either. A case without an answer within 2 s, or after
+//! one without any device-writable byte, nothing is written and the used
+//! length is 0; for a loop, either; for a chain whose status descriptor is
+//! unusable (device-readable, empty) or unreachable (past a bad `next`),
+//! also an error status in the last byte of the data buffer, the last
+//! device-writable byte the device could use (the spec defines the status
+//! as the last byte of the device-writable part). A case without an answer within 2 s, or after
 //! which the device sets DEVICE_NEEDS_RESET, fails the check; the device
 //! is then reset and re-initialised so that the remaining cases still run.
 //! The disk must be writable: sectors 0-7 are written (and read back at
@@ -77,8 +80,14 @@ enum Expect {
     Error,
     /// No usable status byte: the status stays untouched, used length 0.
     Nothing,
-    /// Either of the two above (loops, chains that leave the table).
+    /// Either of the two above (a loop).
     ErrorOrNothing,
+    /// As ErrorOrNothing, but the error status may also be in the last
+    /// byte of the data buffer: the chain's last usable device-writable
+    /// descriptor, and the spec defines the status as the last byte of the
+    /// device-writable part (chains whose status descriptor is unusable or
+    /// unreachable).
+    ErrorInLastWritableOrNothing,
 }
 
 /// A virtqueue driven by hand.
@@ -301,44 +310,62 @@ const CASES: &[(&str, Expect, Build)] = &[
         request(q, T_IN, 0, WRITE);
         q.desc(2, q.addr(STATUS), 1, WRITE | NEXT, 0);
     }),
-    ("chain-longer-than-queue", Expect::ErrorOrNothing, |q, _| {
-        // Header, 15 data descriptors, status: 17 > QSIZE descriptors,
-        // the last one at index 16, past the end of the table.
-        q.header(T_IN, 0);
-        q.desc(0, q.addr(HEADER), 16, NEXT, 1);
-        for i in 1..QSIZE {
-            let piece = u64::from(i % 8) * 512;
-            q.desc(i, q.addr(DATA) + piece, 512, WRITE | NEXT, i + 1);
-        }
-        q.desc(QSIZE, q.addr(STATUS), 1, WRITE, 0);
-    }),
-    ("next-out-of-range", Expect::ErrorOrNothing, |q, _| {
-        request(q, T_IN, 0, WRITE);
-        q.desc(1, q.addr(DATA), DATA_LEN, WRITE | NEXT, 0x1234);
-    }),
+    (
+        "chain-longer-than-queue",
+        Expect::ErrorInLastWritableOrNothing,
+        |q, _| {
+            // Header, 15 data descriptors, status: 17 > QSIZE descriptors,
+            // the last one at index 16, past the end of the table.
+            q.header(T_IN, 0);
+            q.desc(0, q.addr(HEADER), 16, NEXT, 1);
+            for i in 1..QSIZE {
+                let piece = u64::from(i % 8) * 512;
+                q.desc(i, q.addr(DATA) + piece, 512, WRITE | NEXT, i + 1);
+            }
+            q.desc(QSIZE, q.addr(STATUS), 1, WRITE, 0);
+        },
+    ),
+    (
+        "next-out-of-range",
+        Expect::ErrorInLastWritableOrNothing,
+        |q, _| {
+            request(q, T_IN, 0, WRITE);
+            q.desc(1, q.addr(DATA), DATA_LEN, WRITE | NEXT, 0x1234);
+        },
+    ),
     ("no-status-descriptor", Expect::Nothing, |q, _| {
         q.header(T_OUT, SCRATCH);
         q.desc(0, q.addr(HEADER), 16, 0, 0);
     }),
-    ("status-device-readable", Expect::Nothing, |q, _| {
-        request(q, T_IN, 0, WRITE);
-        q.desc(2, q.addr(STATUS), 1, 0, 0);
-    }),
-    ("status-zero-length", Expect::Nothing, |q, _| {
-        request(q, T_IN, 0, WRITE);
-        q.desc(2, q.addr(STATUS), 0, WRITE, 0);
-    }),
+    (
+        "status-device-readable",
+        Expect::ErrorInLastWritableOrNothing,
+        |q, _| {
+            request(q, T_IN, 0, WRITE);
+            q.desc(2, q.addr(STATUS), 1, 0, 0);
+        },
+    ),
+    (
+        "status-zero-length",
+        Expect::ErrorInLastWritableOrNothing,
+        |q, _| {
+            request(q, T_IN, 0, WRITE);
+            q.desc(2, q.addr(STATUS), 0, WRITE, 0);
+        },
+    ),
 ];
 
-/// Whether an answer meets the expectation.
-fn meets(expect: Expect, status: u8, len: u32) -> bool {
-    let error = status == S_IOERR || status == S_UNSUPP;
-    let nothing = status == UNTOUCHED && len == 0;
+/// Whether an answer meets the expectation: `status` is the status byte,
+/// `last` the last byte of the data buffer.
+fn meets(expect: Expect, status: u8, last: u8, len: u32) -> bool {
+    let error = |s| s == S_IOERR || s == S_UNSUPP;
+    let nothing = status == UNTOUCHED && last == UNTOUCHED && len == 0;
     match expect {
         Expect::Ok => status == S_OK,
-        Expect::Error => error,
+        Expect::Error => error(status),
         Expect::Nothing => nothing,
-        Expect::ErrorOrNothing => error || nothing,
+        Expect::ErrorOrNothing => error(status) || nothing,
+        Expect::ErrorInLastWritableOrNothing => error(status) || error(last) || nothing,
     }
 }
 
@@ -386,7 +413,7 @@ fn run_cases(ctx: &Context, q: &mut RawQueue, clock: &Clock) -> CheckResult {
         if name == "write" {
             fill(seed, q.data());
         } else {
-            q.data().fill(0);
+            q.data().fill(UNTOUCHED);
         }
         // SAFETY: the status byte is in our pages; no request is in flight.
         unsafe { q.ptr::<u8>(STATUS).write_volatile(UNTOUCHED) };
@@ -396,9 +423,11 @@ fn run_cases(ctx: &Context, q: &mut RawQueue, clock: &Clock) -> CheckResult {
         let mut ok = match answer {
             Some((id, len)) => {
                 let s = q.status_byte();
-                let fits = meets(expect, s, len) && id == 0;
+                let last = q.data()[DATA_LEN as usize - 1];
+                let fits = meets(expect, s, last, len) && id == 0;
                 println!(
-                    "AGENT: blk-hostile {name}: used id {id} len {len} status {s:#04x} -> {}",
+                    "AGENT: blk-hostile {name}: used id {id} len {len} status {s:#04x} \
+                     (last data byte {last:#04x}) -> {}",
                     if fits { "ok" } else { "BAD" }
                 );
                 fits

@@ -185,7 +185,7 @@ fn disk(ctx: &Context) -> CheckResult {
         disk.index,
         count() - start
     );
-    Ok(())
+    disk.close(&clock)
 }
 
 fn com1(ctx: &Context) -> CheckResult {

@@ -11,6 +11,7 @@
 //! layout). Devices are numbered in address order, so on kiln "disk N" is
 //! the N-th `--disk`.
 
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 
 use virtio_drivers::device::blk::VirtIOBlk;
@@ -199,13 +200,54 @@ pub struct Disk {
     /// The features the device offered (virtio-drivers keeps the ones it
     /// negotiated to itself).
     pub offered: u64,
-    pub blk: Blk,
+    /// The driver; dropped by our Drop, in the right order.
+    pub blk: ManuallyDrop<Blk>,
+    /// Whether [`Disk::close`] stopped the queue.
+    closed: bool,
 }
 
 impl Disk {
     /// The device's status register.
     pub fn status(&self) -> u32 {
         self.dev.read(reg::STATUS)
+    }
+
+    /// Stops using the disk the way virtio-drivers does when it drops a
+    /// driver (virtio 1.2, 4.2.2.2: write 0 to QueueReady and read it back
+    /// until it says 0), but with a time limit: virtio-drivers would spin
+    /// forever on a device that ignores the write. Then resets the device.
+    pub fn close(mut self, clock: &crate::time::Clock) -> Result<(), Fail> {
+        self.dev.write(reg::QUEUE_SEL, 0);
+        self.dev.write(reg::QUEUE_READY, 0);
+        let deadline = clock.deadline(1_000);
+        while self.dev.read(reg::QUEUE_READY) != 0 {
+            if deadline.passed() {
+                fail!(
+                    "disk {}: QueueReady still reads 1 a second after the driver wrote 0 \
+                     to stop the queue (virtio 1.2, 4.2.2.2; device status {:#x})",
+                    self.index,
+                    self.status()
+                );
+            }
+            core::hint::spin_loop();
+        }
+        self.closed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Disk {
+    /// Lets virtio-drivers clean up, then resets the device. Unless
+    /// [`Disk::close`] stopped the queue, the device is reset first: it
+    /// then stops using our memory whatever state a failed check left it
+    /// in, and QueueReady reads 0, which virtio-drivers' clean-up waits for.
+    fn drop(&mut self) {
+        if !self.closed {
+            self.dev.write(reg::STATUS, 0);
+        }
+        // SAFETY: the only place `blk` is dropped, and it is not used after.
+        unsafe { ManuallyDrop::drop(&mut self.blk) };
+        self.dev.write(reg::STATUS, 0);
     }
 }
 
@@ -250,7 +292,8 @@ pub fn open_disk(ctx: &Context) -> Result<Disk, Fail> {
         index,
         dev,
         offered,
-        blk,
+        blk: ManuallyDrop::new(blk),
+        closed: false,
     };
     let st = disk.status();
     let ready = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
