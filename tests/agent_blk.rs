@@ -20,7 +20,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SECTOR: usize = 512;
@@ -109,9 +109,8 @@ fn check_disks_accepted(o: &common::Outcome) {
 
 /// Runs the agent with disks and returns the outcome and its report.
 fn run_agent(cmdline: &str, disks: &[String]) -> (common::Outcome, agent::Report) {
-    let t0 = Instant::now();
     let o = common::Running::start(agent_command(cmdline, disks)).wait(TIMEOUT);
-    eprintln!("agent run ({cmdline}) took {:?}", t0.elapsed());
+    eprintln!("kiln run ({cmdline}) took {:?}", o.elapsed);
     check_disks_accepted(&o);
     let report = agent::Report::parse(&o.stdout);
     (o, report)
