@@ -14,6 +14,8 @@
 //!  0x0002_0000 | kernel command line           |
 //!  0x0009_fc00 | MP table (in the EBDA)        |
 //!  0x000a_0000 | VGA / BIOS hole (not RAM)     |
+//!  0x000e_0000 | ACPI RSDP (BIOS scan area)    |
+//!  0x000e_1000 | ACPI tables (XSDT, FADT, ...) |
 //!  0x0010_0000 +-------------------------------+ HIMEM_START
 //!              | kernel, initrd, free RAM      |
 //!  0xc000_0000 +-------------------------------+ MMIO_GAP_START (3 GiB)
@@ -65,6 +67,14 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// End of usable low memory (VGA/BIOS area follows).
 pub const LOW_RAM_END: u64 = 0xa0000;
 
+/// ACPI root pointer (RSDP). 0xe0000-0xfffff is the BIOS area where Linux
+/// looks for it when the boot protocol does not pass its address.
+pub const ACPI_RSDP_START: u64 = 0xe_0000;
+/// The other ACPI tables (XSDT, FADT, MADT, DSDT), one after the other.
+pub const ACPI_TABLES_START: u64 = 0xe_1000;
+/// End of the ACPI table area (exclusive).
+pub const ACPI_TABLES_END: u64 = HIMEM_START;
+
 /// First byte above the legacy 1 MiB area; kernels load here or above.
 pub const HIMEM_START: u64 = 0x10_0000;
 
@@ -109,6 +119,11 @@ pub mod ports {
     pub const I8042_DATA: u16 = 0x60;
     /// i8042 command/status port (0x64); the window 0x60..0x65 covers both.
     pub const I8042_LEN: u16 = 5;
+    /// ACPI hardware-reduced power registers (the FADT points here): sleep
+    /// control at +0, sleep status at +1, reset at +2, one byte each.
+    pub const ACPI_PM: u16 = 0x600;
+    /// Number of ACPI power register ports.
+    pub const ACPI_PM_LEN: u16 = 3;
 }
 
 /// First interrupt line handed to virtio-mmio devices (GSI, also the IOAPIC pin).
@@ -180,6 +195,10 @@ mod tests {
             assert!(BOOT_STACK_POINTER < PML4_START);
             assert!(BOOT_TIMER_START + BOOT_TIMER_SIZE <= VIRTIO_MMIO_START);
             assert!(KVM_TSS_START + 0x3000 <= MMIO_GAP_END);
+            assert!(LOW_RAM_END <= ACPI_RSDP_START);
+            assert!(ACPI_RSDP_START + 36 <= ACPI_TABLES_START);
+            assert!(ACPI_TABLES_START < ACPI_TABLES_END);
+            assert!(ACPI_TABLES_END <= HIMEM_START);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and writes at offsets inside its window, and raises its interrupt through
 //! the [`Interrupt`] trait, which the VMM implements with an irqfd.
 
+pub mod acpi_pm;
 pub mod boot_timer;
 pub mod bus;
 pub mod cmos;
