@@ -221,20 +221,174 @@ impl Input<'_> {
     }
 }
 
+/// Lengths a structured descriptor picks from: the interesting edges
+/// around a header, a status byte, sectors and discard ranges.
+const LENS: [u32; 16] = [
+    0,
+    1,
+    15,
+    16,
+    17,
+    32,
+    48,
+    511,
+    512,
+    513,
+    1024,
+    4096,
+    20,
+    0x10_0000,
+    u32::MAX,
+    0x8000_0000,
+];
+
+/// Request types a structured header picks from (the last one: raw).
+const TYPES: [u32; 8] = [0, 1, 4, 8, 11, 13, 2, 0];
+
+/// Where structured buffer `slot` lives: 32 slots of 2 KiB from DATA (one
+/// of them straddles two RAM regions), or somewhere hostile.
+fn slot_addr(sel: u8, input: &mut Input<'_>) -> u64 {
+    match sel >> 3 {
+        0..=23 => DATA + u64::from(sel & 31) * 0x800 + u64::from(sel >> 5) * 0x10,
+        24 => HOLE - 8,
+        25 => HOLE_END - 8,
+        26 => RAM_END - 8,
+        27 => RAM_END,
+        28 => u64::from(input.u16()) & 0x2fff, // the rings themselves
+        29 => u64::MAX - 8,
+        _ => input.u64(),
+    }
+}
+
 /// Builds a queue from arbitrary bytes and lets `block` process it: the
-/// fuzz target's body. The input picks the queue size and EVENT_IDX, a
-/// descriptor table (addresses mostly inside the data area, sometimes
-/// anywhere: the hole, past RAM, the rings themselves), available-ring
-/// heads and index, and the contents of the data area (where headers and
-/// discard ranges are read from). Panics only if the device breaks an
-/// invariant: a used entry for a head that was never published, or more
-/// used entries than chains.
+/// fuzz target's body. Panics only if the device breaks an invariant: a
+/// used entry for a head that was never published, or more used entries
+/// than chains.
+///
+/// The first byte picks the queue size (bits 0-1), EVENT_IDX (bit 2),
+/// a made-up available index (bit 3) and the encoding (bit 4):
+/// - raw: a descriptor table of arbitrary entries, arbitrary heads;
+/// - structured (the default): up to 16 chains, each a header (type,
+///   sector, one discard range) and 1-6 descriptors of 3 bytes (buffer
+///   slot, length from [`LENS`], flags: write, wrong NEXT, indirect, odd
+///   next index), linked in table order like a real driver does.
+///
+/// Whatever input is left fills the data area under the headers.
 pub fn run(block: &mut Block, data: &[u8]) {
     let mut input = Input(data);
     let flags = input.u8();
     let size = [256u16, 16, 4, 1][usize::from(flags & 3)];
     let mut d = Driver::new(size, flags & 4 != 0);
+    let mut published = Vec::new();
+    let mut headers = Vec::new();
+    // A device-writable buffer over the rings lets the device's own
+    // writes change the queue: then only the basic invariants hold.
+    let mut scrambled = false;
 
+    if flags & 0x10 != 0 {
+        scrambled = raw_queue(&mut d, &mut input, &mut published);
+    } else {
+        let chains = input.u8() % 17;
+        let mut slot = 0u16;
+        for _ in 0..chains {
+            let t = input.u8();
+            let type_ = match TYPES[usize::from(t & 7)] {
+                0 if t & 7 == 7 => input.u32(),
+                t => t,
+            };
+            let sector = match input.u8() {
+                s @ 0..=199 => u64::from(s % 40),
+                200..=219 => u64::MAX - u64::from(input.u8()),
+                _ => input.u64(),
+            };
+            let range = input.bytes::<3>();
+            let n = 1 + usize::from(input.u8() % 6);
+            let head = slot;
+            let mut first_addr = None;
+            for i in 0..n {
+                let sel = input.u8();
+                let addr = slot_addr(sel, &mut input);
+                first_addr.get_or_insert(addr);
+                let len = LENS[usize::from(input.u8() & 15)];
+                let f = input.u8();
+                let last = i + 1 == n;
+                let mut dflags = if last { 0 } else { F_NEXT };
+                if f & 2 != 0 {
+                    dflags ^= F_NEXT;
+                }
+                if f & 4 != 0 && f & 0x40 != 0 {
+                    dflags |= F_INDIRECT;
+                }
+                let mut next = (slot + 1) % size;
+                if f & 8 != 0 {
+                    next = u16::from(input.u8());
+                }
+                let b = Buf {
+                    addr,
+                    len,
+                    write: f & 1 != 0,
+                };
+                scrambled |= b.write && addr < DATA;
+                d.write_desc(slot, b, dflags, next);
+                slot = (slot + 1) % size;
+            }
+            let mut hdr = [0u8; 32];
+            hdr[0..4].copy_from_slice(&type_.to_le_bytes());
+            hdr[8..16].copy_from_slice(&sector.to_le_bytes());
+            hdr[16..24].copy_from_slice(&u64::from(range[0] % 40).to_le_bytes());
+            hdr[24..28].copy_from_slice(&u32::from(range[1]).to_le_bytes());
+            hdr[28..32].copy_from_slice(&u32::from(range[2] & 3).to_le_bytes());
+            if let Some(at) = first_addr {
+                headers.push((at, hdr));
+            }
+            d.publish(head);
+            published.push(head);
+        }
+    }
+    if flags & 8 != 0 {
+        d.set_avail_idx(input.u16());
+    }
+    d.set_used_event(input.u16());
+
+    // The rest fills the data area; then the headers go on top.
+    let rest = input.0;
+    let n = rest.len().min((HOLE - DATA) as usize);
+    d.mem
+        .write_slice(&rest[..n], GuestAddress(DATA))
+        .expect("data area");
+    for (at, hdr) in headers {
+        if at >= DATA {
+            let _ = d.mem.write_slice(&hdr, GuestAddress(at));
+        }
+    }
+
+    d.kick(block);
+    d.kick(block);
+
+    let used = d.take_used();
+    // With a made-up available index the device reads ring slots nobody
+    // wrote (head 0).
+    let exact = flags & 8 == 0 && !scrambled;
+    if exact {
+        assert!(
+            used.len() <= published.len(),
+            "more used entries than chains"
+        );
+    }
+    for (id, _) in used {
+        assert!(id < u32::from(size), "used id {id} outside the queue");
+        assert!(
+            !exact || published.iter().any(|&h| u32::from(h) == id),
+            "used id {id} was never published"
+        );
+    }
+}
+
+/// The raw encoding: arbitrary descriptor-table entries and heads.
+/// Returns true when a device-writable buffer may overlap the rings.
+fn raw_queue(d: &mut Driver, input: &mut Input<'_>, published: &mut Vec<u16>) -> bool {
+    let mut scrambled = false;
+    let size = d.size();
     let descs = usize::from(input.u8()) % (usize::from(size) + 1);
     for index in 0..descs {
         let sel = input.u8();
@@ -250,49 +404,16 @@ pub fn run(block: &mut Block, data: &[u8]) {
             input.u32()
         };
         let f = input.u8();
+        scrambled |= u16::from(f) & F_WRITE != 0 && addr < DATA;
         let next = u16::from(input.u8()) % size.saturating_add(2);
         // The index is below the queue size, at most 256.
         d.write_desc(index as u16, Buf::r(addr, len), u16::from(f & 7), next);
     }
-
     let heads = input.u8() % 8;
-    let mut published = Vec::new();
     for _ in 0..heads {
         let head = u16::from(input.u8()) % size.saturating_add(2);
         d.publish(head);
         published.push(head);
     }
-    if flags & 8 != 0 {
-        d.set_avail_idx(input.u16());
-    }
-    d.set_used_event(input.u16());
-
-    // The rest fills the data area: headers, data, discard ranges.
-    let rest = input.0;
-    let room = (HOLE - DATA) as usize;
-    let n = rest.len().min(room);
-    d.mem
-        .write_slice(&rest[..n], GuestAddress(DATA))
-        .expect("data area");
-
-    d.kick(block);
-    d.kick(block);
-
-    let used = d.take_used();
-    let lied = flags & 8 != 0;
-    // With a made-up available index the device reads ring slots nobody
-    // wrote (head 0); it still takes at most one queue's worth.
-    let most = if lied {
-        usize::from(size)
-    } else {
-        published.len()
-    };
-    assert!(used.len() <= most, "more used entries than chains");
-    for (id, _) in used {
-        assert!(id < u32::from(size), "used id {id} outside the queue");
-        assert!(
-            lied || published.iter().any(|&h| u32::from(h) == id),
-            "used id {id} was never published"
-        );
-    }
+    scrambled
 }

@@ -49,6 +49,13 @@ impl DiskImage {
                 });
             }
         }
+        // Look before opening: opening a FIFO would block.
+        if let Ok(meta) = std::fs::metadata(path) {
+            let kind = meta.file_type();
+            if !kind.is_file() && !kind.is_block_device() {
+                return Err(BlockError::FileType { path: owned() });
+            }
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -447,7 +454,14 @@ mod tests {
         let e = DiskImage::open(dir.path(), true, None).unwrap_err();
         assert!(matches!(e, BlockError::FileType { .. }), "{e}");
         let e = DiskImage::open(dir.path(), false, None).unwrap_err();
-        assert!(matches!(e, BlockError::Open { .. }), "{e}");
+        assert!(matches!(e, BlockError::FileType { .. }), "{e}");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = DiskImage::open(&fifo, false, None).unwrap_err();
+        assert!(matches!(e, BlockError::FileType { .. }), "{e}");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
         let e = DiskImage::open(&dir.path().join("nope"), false, None).unwrap_err();
         assert!(matches!(e, BlockError::Open { .. }), "{e}");
         assert!(e.to_string().contains("nope"));
