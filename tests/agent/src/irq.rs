@@ -7,15 +7,16 @@
 //! with IF=1 (boot.S), so the interrupt arrives while this code spins.
 //!
 //! - `irq` / `irq:N`: virtio-blk disk N (default 0): three reads, each
-//!   must be followed by at least one interrupt on the disk's pin, and the
-//!   device's interrupt status must say "used buffer" before we ack it.
+//!   must be followed by at least one interrupt on the disk's pin before
+//!   the driver takes the completion, and the device's interrupt status
+//!   must say "used buffer" before we ack it.
 //! - `irq:com1`: the UART's transmitter-empty interrupt on pin 4, three
 //!   times (set IER, see the interrupt, read IIR, clear IER). Needs no
 //!   virtio device, so it also runs on a VMM without disks.
 //!
 //! The IOAPIC entry is masked again at the end, whatever happened.
 
-use virtio_drivers::device::blk::SECTOR_SIZE;
+use virtio_drivers::device::blk::{BlkReq, BlkResp, SECTOR_SIZE};
 use virtio_drivers::transport::InterruptStatus;
 
 use crate::checks::CheckResult;
@@ -147,6 +148,10 @@ pub fn irq(ctx: &Context) -> CheckResult {
 
 fn disk(ctx: &Context) -> CheckResult {
     let clock = Clock::new(ctx.cmdline);
+    // Declared before the disk, so that they outlive it: dropping the
+    // disk resets the device, which then stops using them.
+    let (mut req, mut resp) = (BlkReq::default(), BlkResp::default());
+    let mut buf = [0u8; SECTOR_SIZE];
     let mut disk = virtio::open_disk(ctx)?;
     let Some(gsi) = disk.dev.gsi else {
         fail!(
@@ -157,20 +162,43 @@ fn disk(ctx: &Context) -> CheckResult {
     };
     disk.blk.enable_interrupts();
     let route = Route::new(gsi)?;
-    let mut buf = [0u8; SECTOR_SIZE];
     let start = count();
     for round in 0..ROUNDS {
         let before = count();
-        if let Err(e) = disk.blk.read_blocks(0, &mut buf) {
-            fail!("round {round}: read: {e}");
-        }
+        // Submit, wait for the interrupt, only then take the completion:
+        // with VIRTIO_F_EVENT_IDX, virtio-drivers moves used_event past
+        // every completion it takes, and a device that sees that before it
+        // decides may rightly skip the interrupt for a completion the
+        // driver has already consumed.
+        // SAFETY: req, buf and resp stay in place and untouched until the
+        // completion below, or until the device is reset (dropping disk).
+        let token = match unsafe { disk.blk.read_blocks_nb(0, &mut req, &mut buf, &mut resp) } {
+            Ok(t) => t,
+            Err(e) => fail!("round {round}: submitting a read: {e}"),
+        };
         let Some(after) = wait_above(before, &clock) else {
             fail!(
-                "round {round}: the read completed but no interrupt arrived within {WAIT_MS} ms \
-                 (interrupt status {:#x})",
+                "round {round}: no interrupt within {WAIT_MS} ms of a read (completed: {}, \
+                 interrupt status {:#x})",
+                disk.blk.peek_used().is_some(),
                 disk.dev.read(virtio::reg::INTERRUPT_STATUS)
             );
         };
+        let deadline = clock.deadline(WAIT_MS);
+        while disk.blk.peek_used() != Some(token) {
+            ensure!(
+                !deadline.passed(),
+                "round {round}: an interrupt but no completion within {WAIT_MS} ms"
+            );
+            core::hint::spin_loop();
+        }
+        // SAFETY: the buffers submitted with this token.
+        if let Err(e) = unsafe {
+            disk.blk
+                .complete_read_blocks(token, &req, &mut buf, &mut resp)
+        } {
+            fail!("round {round}: read: {e}");
+        }
         let isr = disk.blk.ack_interrupt();
         ensure!(
             isr.contains(InterruptStatus::QUEUE_INTERRUPT),
