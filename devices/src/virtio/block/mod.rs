@@ -456,8 +456,7 @@ impl VirtioDevice for Block {
         let s = &self.stats;
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         Some(format!(
-            "{}: {} reads ({:.1} MiB), {} writes ({:.1} MiB), {} flushes, {} discards, {} errors ({} malformed)",
-            self.name,
+            "{} reads ({:.1} MiB), {} writes ({:.1} MiB), {} flushes, {} discards, {} errors ({} malformed)",
             s.reads,
             mib(s.read_bytes),
             s.writes,
