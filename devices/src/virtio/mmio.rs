@@ -48,6 +48,14 @@ pub enum MmioError {
     },
 }
 
+/// The three parts of a split virtqueue, each with its own address.
+#[derive(Debug, Clone, Copy)]
+enum Ring {
+    Desc,
+    Avail,
+    Used,
+}
+
 /// One virtio device behind a virtio-mmio register window.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -205,16 +213,13 @@ impl MmioTransport {
         }
     }
 
-    /// May the driver change queue `sel`'s set-up now? Only after
-    /// FEATURES_OK, before DRIVER_OK, and while the queue is not ready.
+    /// May the driver change the selected queue's set-up now? Only while
+    /// that queue is not ready (section 4.2.2.1: a driver stops a queue by
+    /// writing 0 to QueueReady before touching it).
     fn queue_writable(&self) -> bool {
-        let s = self.status;
-        s & VIRTIO_CONFIG_S_FEATURES_OK != 0
-            && s & VIRTIO_CONFIG_S_DRIVER_OK == 0
-            && self
-                .queues
-                .get(self.queue_sel as usize)
-                .is_some_and(|q| !q.ready())
+        self.queues
+            .get(self.queue_sel as usize)
+            .is_some_and(|q| !q.ready())
     }
 
     fn write_register(&mut self, offset: u32, v: u32) {
@@ -261,31 +266,23 @@ impl MmioTransport {
             }
             reg::VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
             reg::VIRTIO_MMIO_QUEUE_NUM => {
+                let name = self.device.name().to_string();
                 if let Some(q) = self.selected_queue() {
-                    // virtio-queue ignores sizes that are zero, too large or
-                    // not a power of two; is_valid() then fails at ready.
-                    q.set_size(v as u16);
+                    // Zero (written by drivers tidying up), too large or not
+                    // a power of two: keep the old size; is_valid() decides
+                    // at QueueReady.
+                    if q.try_set_size(v as u16).is_err() || v > u32::from(u16::MAX) {
+                        debug!("{name}: queue size {v} refused");
+                    }
                 }
             }
             reg::VIRTIO_MMIO_QUEUE_READY => self.write_queue_ready(v),
-            reg::VIRTIO_MMIO_QUEUE_DESC_LOW => {
-                self.with_queue(|q| q.set_desc_table_address(Some(v), None))
-            }
-            reg::VIRTIO_MMIO_QUEUE_DESC_HIGH => {
-                self.with_queue(|q| q.set_desc_table_address(None, Some(v)))
-            }
-            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
-                self.with_queue(|q| q.set_avail_ring_address(Some(v), None))
-            }
-            reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
-                self.with_queue(|q| q.set_avail_ring_address(None, Some(v)))
-            }
-            reg::VIRTIO_MMIO_QUEUE_USED_LOW => {
-                self.with_queue(|q| q.set_used_ring_address(Some(v), None))
-            }
-            reg::VIRTIO_MMIO_QUEUE_USED_HIGH => {
-                self.with_queue(|q| q.set_used_ring_address(None, Some(v)))
-            }
+            reg::VIRTIO_MMIO_QUEUE_DESC_LOW => self.set_ring(Ring::Desc, v, false),
+            reg::VIRTIO_MMIO_QUEUE_DESC_HIGH => self.set_ring(Ring::Desc, v, true),
+            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.set_ring(Ring::Avail, v, false),
+            reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.set_ring(Ring::Avail, v, true),
+            reg::VIRTIO_MMIO_QUEUE_USED_LOW => self.set_ring(Ring::Used, v, false),
+            reg::VIRTIO_MMIO_QUEUE_USED_HIGH => self.set_ring(Ring::Used, v, true),
             reg::VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v as usize),
             reg::VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !v,
             reg::VIRTIO_MMIO_STATUS => self.write_status(v),
@@ -296,18 +293,44 @@ impl MmioTransport {
         }
     }
 
-    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
-        if let Some(q) = self.selected_queue() {
-            f(q);
+    /// Sets the low or high half of one of the selected queue's ring
+    /// addresses. A misaligned address is refused (and logged at debug
+    /// level only: a guest can write these as often as it likes).
+    fn set_ring(&mut self, ring: Ring, v: u32, high: bool) {
+        let name = self.device.name().to_string();
+        let Some(q) = self.selected_queue() else {
+            return;
+        };
+        let old = match ring {
+            Ring::Desc => q.desc_table(),
+            Ring::Avail => q.avail_ring(),
+            Ring::Used => q.used_ring(),
+        };
+        let addr = if high {
+            (old & 0xffff_ffff) | (u64::from(v) << 32)
+        } else {
+            (old & !0xffff_ffff) | u64::from(v)
+        };
+        let addr = vm_memory::GuestAddress(addr);
+        let result = match ring {
+            Ring::Desc => q.try_set_desc_table_address(addr),
+            Ring::Avail => q.try_set_avail_ring_address(addr),
+            Ring::Used => q.try_set_used_ring_address(addr),
+        };
+        if result.is_err() {
+            debug!(
+                "{name}: misaligned {ring:?} ring address {:#x} refused",
+                addr.0
+            );
         }
     }
 
     fn write_queue_ready(&mut self, v: u32) {
-        let writable = self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
-            && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0;
-        if !writable {
+        // Stopping a queue is always allowed (reading QueueReady returns
+        // what was last written); starting one needs FEATURES_OK.
+        if v == 1 && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
             warn!(
-                "{}: QueueReady written in status {:#x}: ignored",
+                "{}: QueueReady set in status {:#x}, before FEATURES_OK: ignored",
                 self.device.name(),
                 self.status
             );
@@ -645,6 +668,23 @@ mod tests {
         w(&mut t, reg::VIRTIO_MMIO_QUEUE_SEL, 0);
         w(&mut t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, 0xdead_0000);
         assert_eq!(t.queues[0].desc_table(), 0x1000);
+    }
+
+    #[test]
+    fn a_running_queue_can_be_stopped_and_reads_back_0() {
+        let (mut t, _) = transport(Probe::default());
+        bring_up(&mut t, features::VERSION_1);
+        w(&mut t, reg::VIRTIO_MMIO_QUEUE_SEL, 1);
+        w(&mut t, reg::VIRTIO_MMIO_QUEUE_READY, 0);
+        assert_eq!(r(&mut t, reg::VIRTIO_MMIO_QUEUE_READY), 0);
+        // A stopped queue may be set up again; it is not served meanwhile.
+        w(&mut t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, 0x8000);
+        assert_eq!(t.queues[1].desc_table(), 0x8000);
+        t.notify(1);
+        // After a reset, zeroing the registers is quietly accepted.
+        w(&mut t, reg::VIRTIO_MMIO_STATUS, 0);
+        w(&mut t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, 0);
+        assert_eq!(t.queues[1].desc_table(), 0);
     }
 
     #[test]
