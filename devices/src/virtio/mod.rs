@@ -109,7 +109,7 @@ pub trait VirtioDevice: Send {
         false
     }
     /// Counters worth printing when the VM stops (e.g. dropped frames), as
-    /// one line that starts with the device's name.
+    /// one line; the caller prefixes the device's name.
     fn stats(&self) -> Option<String> {
         None
     }

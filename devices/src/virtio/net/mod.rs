@@ -666,9 +666,8 @@ impl<B: Backend> VirtioDevice for Net<B> {
     fn stats(&self) -> Option<String> {
         let s = &self.stats;
         let mut text = format!(
-            "{}: rx {} frames {} bytes, {} dropped, {} bad chains, {} stalls (no guest buffers); \
+            "rx {} frames {} bytes, {} dropped, {} bad chains, {} stalls (no guest buffers); \
              tx {} frames {} bytes, {} dropped, {} bad chains, {} retries (tap full)",
-            self.name,
             s.rx_frames,
             s.rx_bytes,
             s.rx_dropped,
