@@ -3,10 +3,11 @@
 //! - the guest boots from an ext4 root disk (`--root-disk`), writes a file
 //!   of random bytes, syncs and reboots; the host reads the same bytes out
 //!   of the image with e2fsprogs' debugfs, without mounting it;
-//! - with the initramfs as root, two data disks appear as /dev/vda and
-//!   /dev/vdb with their sizes, a read-only disk rejects writes and its
-//!   image is bit-identical afterwards, and the read-write one keeps what
-//!   the guest wrote at the offset it wrote it.
+//! - with the initramfs as root and the guest's script on /dev/vda, two
+//!   data disks appear as /dev/vdb and /dev/vdc with their sizes and IDs,
+//!   a read-only disk rejects writes and its image is bit-identical
+//!   afterwards, and the read-write one keeps what the guest wrote at the
+//!   offset it wrote it.
 //!
 //! Boots take one to three minutes on nested kvm_pvm hosts: generous
 //! timeouts, and the VM is killed when one runs out.
@@ -144,19 +145,28 @@ fn data_disks_sizes_read_only_and_writes_in_place() {
     let ro_before = sha256_of(&ro);
     let kernel = artifact("minimal/vmlinux");
     let initrd = artifact("initramfs.cpio");
-    // Sizes in 512-byte sectors, the ro flag Linux saw, a write to the
-    // read-only disk that must fail, and a marker written 1 MiB into vda.
-    let command = "echo VDA_SIZE=$(cat /sys/block/vda/size) && \
-                   echo VDB_SIZE=$(cat /sys/block/vdb/size) && \
-                   echo VDB_RO=$(cat /sys/block/vdb/ro) && \
-                   if dd if=/dev/zero of=/dev/vdb bs=4096 count=1 oflag=direct 2>/dev/null; \
-                   then echo VDB_WRITE=ok; else echo VDB_WRITE=failed; fi && \
-                   echo VDB_HEAD=$(head -c 4 /dev/vdb | od -An -tx1 | tr -d ' ') && \
-                   printf kiln-marker | dd of=/dev/vda bs=512 seek=2048 conv=fsync 2>/dev/null && \
-                   echo VDA_DONE=1";
-    let rw_spec = rw.display().to_string();
+    // The guest's script is on the first disk (vda, read-only); the data
+    // disks are vdb (read-write) and vdc (read-only). It prints sizes in
+    // 512-byte sectors, the ro flag and serial Linux saw, tries a write to
+    // the read-only disk, and writes a marker 1 MiB into vdb.
+    let script = common::script_disk(
+        dir.path(),
+        r#"
+for d in vdb vdc; do echo "SIZE_$d=$(cat /sys/block/$d/size)"; done
+echo "VDC_RO=$(cat /sys/block/vdc/ro)"
+echo "VDB_SERIAL=$(cat /sys/block/vdb/serial)"
+if dd if=/dev/zero of=/dev/vdc bs=4096 count=1 oflag=direct 2>/dev/null; then
+    echo VDC_WRITE=ok
+else
+    echo VDC_WRITE=failed
+fi
+echo "VDC_HEAD=$(head -c 4 /dev/vdc | od -An -tx1 | tr -d ' ')"
+printf kiln-marker | dd of=/dev/vdb bs=512 seek=2048 conv=fsync 2>/dev/null && echo VDB_DONE=1
+"#,
+    );
+    let script_spec = format!("{},ro", script.display());
+    let rw_spec = format!("{},id=kiln-data", rw.display());
     let ro_spec = format!("{},ro", ro.display());
-    let cmdline = format!("-- {command}");
     let o = common::run(
         &[
             "run",
@@ -165,31 +175,37 @@ fn data_disks_sizes_read_only_and_writes_in_place() {
             "--initrd",
             initrd.to_str().unwrap(),
             "--disk",
+            &script_spec,
+            "--disk",
             &rw_spec,
             "--disk",
             &ro_spec,
             "--cmdline",
-            &cmdline,
+            "-- sh /dev/vda",
             "-v",
         ],
         TIMEOUT,
     );
     ran_cleanly(&o, 0);
-    o.check(reported(&o, "VDA_SIZE") == Some("16384"), "vda is 8 MiB");
-    o.check(reported(&o, "VDB_SIZE") == Some("6144"), "vdb is 3 MiB");
+    o.check(reported(&o, "SIZE_vdb") == Some("16384"), "vdb is 8 MiB");
+    o.check(reported(&o, "SIZE_vdc") == Some("6144"), "vdc is 3 MiB");
     o.check(
-        reported(&o, "VDB_RO") == Some("1"),
-        "Linux sees vdb read-only",
+        reported(&o, "VDC_RO") == Some("1"),
+        "Linux sees vdc read-only",
     );
     o.check(
-        reported(&o, "VDB_WRITE") == Some("failed"),
+        reported(&o, "VDB_SERIAL") == Some("kiln-data"),
+        "vdb's serial is its id=",
+    );
+    o.check(
+        reported(&o, "VDC_WRITE") == Some("failed"),
         "a write to the read-only disk fails",
     );
     o.check(
-        reported(&o, "VDB_HEAD") == Some("5a5a5a5a"),
+        reported(&o, "VDC_HEAD") == Some("5a5a5a5a"),
         "the read-only disk still reads",
     );
-    o.check(reported(&o, "VDA_DONE") == Some("1"), "the guest wrote vda");
+    o.check(reported(&o, "VDB_DONE") == Some("1"), "the guest wrote vdb");
     o.check(
         sha256_of(&ro) == ro_before,
         "the read-only image is bit-identical",

@@ -91,17 +91,26 @@ fn two_nics_ping_and_tcp_both_ways() {
 
     let kernel = artifact("minimal/vmlinux");
     let initrd = artifact("initramfs.cpio");
-    let command = "ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && \
-        ip addr add 10.0.3.2/24 dev eth1 && ip link set eth1 up && \
-        echo MACS=$(cat /sys/class/net/eth0/address),$(cat /sys/class/net/eth1/address) && \
-        ping -c 2 -W 10 10.0.2.1 >/dev/null && echo PING0=ok && \
-        ping -c 2 -W 10 10.0.3.1 >/dev/null && echo PING1=ok && \
-        head -c 1048576 /dev/urandom > /tmp/tx.bin && \
-        echo TX_SHA=$(sha256sum /tmp/tx.bin | cut -d' ' -f1) && \
-        nc 10.0.2.1 5000 < /tmp/tx.bin && \
-        nc 10.0.3.1 5001 < /dev/null > /tmp/rx.bin && \
-        echo RX_SHA=$(sha256sum /tmp/rx.bin | cut -d' ' -f1)";
-    let cmdline = format!("-- {command}");
+    let dir = tempfile::tempdir().unwrap();
+    let script = common::script_disk(
+        dir.path(),
+        r#"
+set -e
+ip addr add 10.0.2.2/24 dev eth0
+ip link set eth0 up
+ip addr add 10.0.3.2/24 dev eth1
+ip link set eth1 up
+echo "MACS=$(cat /sys/class/net/eth0/address),$(cat /sys/class/net/eth1/address)"
+ping -c 2 -W 10 10.0.2.1 >/dev/null && echo PING0=ok
+ping -c 2 -W 10 10.0.3.1 >/dev/null && echo PING1=ok
+head -c 1048576 /dev/urandom > /tmp/tx.bin
+echo "TX_SHA=$(sha256sum /tmp/tx.bin | cut -d' ' -f1)"
+nc 10.0.2.1 5000 < /tmp/tx.bin
+nc 10.0.3.1 5001 < /dev/null > /tmp/rx.bin
+echo "RX_SHA=$(sha256sum /tmp/rx.bin | cut -d' ' -f1)"
+"#,
+    );
+    let script_spec = format!("{},ro", script.display());
     let mut cmd = ns.command(std::path::Path::new(env!("CARGO_BIN_EXE_kiln")));
     cmd.args([
         "run",
@@ -113,8 +122,10 @@ fn two_nics_ping_and_tcp_both_ways() {
         "tap=kt0,mac=02:6b:69:6c:6e:01",
         "--net",
         "tap=kt1",
+        "--disk",
+        &script_spec,
         "--cmdline",
-        &cmdline,
+        "-- sh /dev/vda",
         "-v",
     ]);
     let o = common::Running::start(cmd).wait(TIMEOUT);

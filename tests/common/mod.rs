@@ -181,3 +181,16 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+
+/// Writes `script` as a raw disk image (padded with newlines to whole
+/// sectors) that the guest runs with `sh /dev/vdX`: Linux hands init at
+/// most 32 arguments, so longer guest commands travel on a disk.
+pub fn script_disk(dir: &std::path::Path, script: &str) -> PathBuf {
+    let mut bytes = script.as_bytes().to_vec();
+    bytes.push(b'\n');
+    let len = bytes.len().next_multiple_of(512);
+    bytes.resize(len, b'\n');
+    let path = dir.join("script.img");
+    std::fs::write(&path, bytes).expect("script disk");
+    path
+}
