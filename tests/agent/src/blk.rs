@@ -105,7 +105,7 @@ fn sector_hash(sector: u64, data: &[u8]) -> u64 {
 }
 
 /// The pattern seed: `agent.seed=N`, else from the TSC.
-fn seed(ctx: &Context) -> u64 {
+pub fn seed(ctx: &Context) -> u64 {
     cmdline::get(ctx.cmdline, "agent.seed")
         .and_then(cmdline::number)
         .unwrap_or_else(|| splitmix64(time::now()))

@@ -10,7 +10,9 @@
 //! - virtio.rs (finding virtio-mmio devices, opening disks), hal.rs
 //!   (virtio-drivers' DMA pool), blk.rs (the `blk-*` checks through
 //!   virtio-drivers), hostile.rs (`blk-hostile`: broken chains by hand),
-//!   irq.rs (`irq`: IOAPIC and LAPIC set-up, interrupt counting).
+//!   irq.rs (`irq`: IOAPIC and LAPIC set-up, interrupt counting);
+//! - net.rs (virtio-net through virtio-drivers, Ethernet/ARP/IPv4/UDP/ICMP
+//!   by hand), netcheck.rs (the `net-*` checks and their UDP protocol).
 //!
 //! Everything here runs at ring 3, natively even on a nested kvm_pvm host.
 //! It is built for the ordinary host target (x86_64-unknown-linux-gnu)
@@ -29,6 +31,8 @@ mod hostile;
 mod io;
 mod irq;
 mod mem;
+mod net;
+mod netcheck;
 mod serial;
 mod tests;
 mod time;

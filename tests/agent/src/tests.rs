@@ -33,6 +33,10 @@ pub const TESTS: &[(&str, Test)] = &[
     ("blk-ro", crate::blk::blk_ro),
     ("blk-id", crate::blk::blk_id),
     ("blk-hostile", crate::hostile::blk_hostile),
+    // virtio-net through virtio-drivers, frames by hand (src/netcheck.rs).
+    ("net-ping", crate::netcheck::net_ping),
+    ("net-bulk", crate::netcheck::net_bulk),
+    ("net-stall", crate::netcheck::net_stall),
     // Interrupt delivery through the IOAPIC and LAPIC (src/irq.rs).
     ("irq", crate::irq::irq),
     // These crash on purpose, to test how the harness handles a dead guest.
