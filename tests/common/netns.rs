@@ -45,6 +45,22 @@ impl NetNs {
         ip(&full);
     }
 
+    /// Runs `ip -n <ns> ARGS` and returns its standard output, panicking
+    /// on failure.
+    #[allow(dead_code)] // not every test that uses namespaces needs it
+    pub fn ip_output(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        let out = Command::new("ip").args(&full).output().expect("ip runs");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            full.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Creates tap `name` in the namespace with `addr` (CIDR) on it, up.
     pub fn add_tap(&self, name: &str, addr: &str) {
         self.ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
