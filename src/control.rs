@@ -12,8 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub enum StopReason {
     /// The guest reset the machine (i8042 `reboot=k`, or a reset event).
     Reset,
-    /// The guest powered off (every vCPU halted with interrupts disabled,
-    /// which is what Linux does on `poweroff` without ACPI).
+    /// The guest powered off: through the ACPI sleep-control register (S5),
+    /// or, without ACPI, by halting every vCPU with interrupts disabled.
     PowerOff,
     /// The user pressed Ctrl-A x on the console.
     ConsoleQuit,
@@ -90,6 +90,16 @@ pub struct ResetLine(pub std::sync::Arc<VmControl>);
 impl devices::Interrupt for ResetLine {
     fn trigger(&self) -> std::io::Result<()> {
         self.0.request_stop(StopReason::Reset);
+        Ok(())
+    }
+}
+
+/// The ACPI sleep-control register's S5 line: a guest power-off stops the VM.
+pub struct PowerOffLine(pub std::sync::Arc<VmControl>);
+
+impl devices::Interrupt for PowerOffLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.request_stop(StopReason::PowerOff);
         Ok(())
     }
 }

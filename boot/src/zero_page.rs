@@ -78,16 +78,19 @@ pub fn default_setup_header() -> setup_header {
     }
 }
 
-/// Writes `boot_params` for the Linux 64-bit boot protocol.
+/// Writes `boot_params` for the Linux 64-bit boot protocol; `rsdp` is the
+/// ACPI root pointer's address, if there are ACPI tables.
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     hdr: setup_header,
     cmdline_len: usize,
     initrd: Option<InitrdPlacement>,
     e820: &[E820Entry],
+    rsdp: Option<u64>,
 ) -> Result<(), ZeroPageError> {
     let mut params = boot_params {
         hdr,
+        acpi_rsdp_addr: rsdp.unwrap_or(0),
         ..Default::default()
     };
     params.hdr.type_of_loader = 0xff; // "undefined" boot loader
@@ -201,8 +204,17 @@ mod tests {
             size: 1234,
         };
         let map = e820_map(128 << 20);
-        write_boot_params(&mem, default_setup_header(), 42, Some(rd), &map).unwrap();
+        write_boot_params(
+            &mem,
+            default_setup_header(),
+            42,
+            Some(rd),
+            &map,
+            Some(0xe_0000),
+        )
+        .unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
         assert_eq!({ p.hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
         assert_eq!({ p.hdr.ramdisk_image }, 0x80_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 1234);
@@ -215,8 +227,9 @@ mod tests {
     fn pvh_start_info_is_written() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let map = e820_map(128 << 20);
-        write_pvh_start_info(&mem, None, &map, None).unwrap();
+        write_pvh_start_info(&mem, None, &map, Some(0xe_0000)).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
         assert_eq!(info.magic, 0x336e_c578);
         assert_eq!(info.memmap_entries, 2);
         assert_eq!(info.nr_modules, 0);
