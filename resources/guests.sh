@@ -1,6 +1,7 @@
 #!/bin/bash
 # Prepare the default guest artifacts in one go:
-#   host packages, the minimal kernel (build/guest/minimal/), the busybox
+#   host packages, the minimal kernel (build/guest/minimal/), its ACPI
+#   variant (build/guest/acpi/, for the ACPI tests), the busybox
 #   initramfs (build/guest/initramfs.cpio) and rootfs
 #   (build/guest/rootfs.ext4);
 #   with --debian (or KILN_DEBIAN=1) also Debian's cloud kernel
@@ -22,6 +23,7 @@ done
 r=$KILN_RESOURCES
 "$r/setup-host.sh" >/dev/null
 paths=$("$r/minimal-kernel.sh")
+paths+=$'\n'$("$r/minimal-kernel.sh" acpi)
 paths+=$'\n'$("$r/initramfs.sh")
 paths+=$'\n'$("$r/rootfs.sh")
 if [ "$debian" = 1 ]; then
