@@ -183,10 +183,16 @@ impl MutEventSubscriber for VirtioEvents {
         } else if let Some(evt) = self.queue_evts.get(data as usize) {
             // Drain the counter; several notifications may have coalesced.
             let _ = evt.read();
-            self.transport
+            let again = self
+                .transport
                 .lock()
                 .expect("virtio lock")
                 .notify(data as usize);
+            if again {
+                // Come back after the other ready events (console,
+                // signals, other devices) were served.
+                let _ = evt.write(1);
+            }
         }
         self.update_backend(ops);
     }

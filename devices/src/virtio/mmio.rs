@@ -123,11 +123,13 @@ impl MmioTransport {
     }
 
     /// The driver notified queue `index` (through its ioeventfd, or by an
-    /// MMIO write when no ioeventfd caught it).
-    pub fn notify(&mut self, index: usize) {
+    /// MMIO write when no ioeventfd caught it). Returns true when the
+    /// device stopped early and wants another call (see
+    /// [`VirtioDevice::rerun`]).
+    pub fn notify(&mut self, index: usize) -> bool {
         if !self.is_active() {
             debug!("{}: notify before DRIVER_OK ignored", self.device.name());
-            return;
+            return false;
         }
         match self.queues.get(index) {
             Some(q) if q.ready() => {
@@ -137,11 +139,15 @@ impl MmioTransport {
                 {
                     self.signal_used();
                 }
+                self.device.rerun(index)
             }
-            _ => debug!(
-                "{}: notify for queue {index}, which is not ready",
-                self.device.name()
-            ),
+            _ => {
+                debug!(
+                    "{}: notify for queue {index}, which is not ready",
+                    self.device.name()
+                );
+                false
+            }
         }
     }
 
@@ -283,7 +289,11 @@ impl MmioTransport {
             reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.set_ring(Ring::Avail, v, true),
             reg::VIRTIO_MMIO_QUEUE_USED_LOW => self.set_ring(Ring::Used, v, false),
             reg::VIRTIO_MMIO_QUEUE_USED_HIGH => self.set_ring(Ring::Used, v, true),
-            reg::VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v as usize),
+            reg::VIRTIO_MMIO_QUEUE_NOTIFY => {
+                // Without an ioeventfd there is no loop to come back to:
+                // finish the work here.
+                while self.notify(v as usize) {}
+            }
             reg::VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !v,
             reg::VIRTIO_MMIO_STATUS => self.write_status(v),
             _ => debug!(

@@ -88,6 +88,13 @@ pub trait VirtioDevice: Send {
     /// Queue `index` was notified. Returns true when the driver must be
     /// interrupted (used buffers were added and the queue wants to know).
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &Memory) -> bool;
+    /// True when the last `process_queue(index)` stopped early (it used up
+    /// its budget while the driver kept adding buffers) and wants to be
+    /// called again after the event loop has served everything else, so a
+    /// busy or hostile guest cannot monopolise the loop.
+    fn rerun(&self, _index: usize) -> bool {
+        false
+    }
     /// A file descriptor the event loop should watch for this device.
     fn backend_fd(&self) -> Option<RawFd> {
         None

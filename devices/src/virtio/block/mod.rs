@@ -203,7 +203,14 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     stats: Stats,
     limiter: LogLimiter,
+    /// The last process_queue stopped at its budget with work left.
+    rerun: bool,
 }
+
+/// Most chains one process_queue call handles before it yields to the
+/// event loop (and asks to be run again): a guest that keeps the queue
+/// full cannot keep the loop from the console, signals or other devices.
+pub const CHAINS_PER_CALL: usize = 64;
 
 impl Block {
     /// A virtio-blk device serving `image`. Its features follow the image:
@@ -232,6 +239,7 @@ impl Block {
             acked: 0,
             stats: Stats::default(),
             limiter: LogLimiter::new(),
+            rerun: false,
         }
     }
 
@@ -409,7 +417,9 @@ impl VirtioDevice for Block {
             return false;
         }
         let mut used = false;
-        loop {
+        let mut budget = CHAINS_PER_CALL;
+        self.rerun = false;
+        'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 self.bad_queue("cannot disable notifications", e);
                 break;
@@ -424,6 +434,14 @@ impl VirtioDevice for Block {
                     }
                 };
                 let Some(chain) = chain else { break };
+                if budget == 0 {
+                    // Leave notifications off and the chain in the ring:
+                    // the event loop calls again once others were served.
+                    queue.go_to_previous_position();
+                    self.rerun = true;
+                    break 'outer;
+                }
+                budget -= 1;
                 progressed = true;
                 let head = chain.head_index();
                 let len = self.handle(chain, mem);
@@ -450,6 +468,10 @@ impl VirtioDevice for Block {
             }
         }
         used && queue.needs_notification(mem).unwrap_or(true)
+    }
+
+    fn rerun(&self, index: usize) -> bool {
+        index == 0 && self.rerun
     }
 
     fn stats(&self) -> Option<String> {

@@ -415,6 +415,32 @@ fn many_chains_in_one_kick_complete_in_order() {
     }
 }
 
+#[test]
+fn a_full_queue_is_served_in_budgeted_rounds() {
+    let mut f = Fixture::new(128, false);
+    let n = CHAINS_PER_CALL as u64 + 16;
+    for i in 0..n {
+        let hdr = DATA + 0x100 + i * 0x20;
+        let mut raw = [0u8; 16];
+        raw[8..16].copy_from_slice(&i.to_le_bytes());
+        f.d.mem.write_slice(&raw, GuestAddress(hdr)).unwrap();
+        f.d.add_chain(&[
+            Buf::r(hdr, 16),
+            Buf::w(BUF + i * 512, 512),
+            Buf::w(hdr + 16, 1),
+        ]);
+    }
+    f.d.kick(&mut f.block);
+    assert_eq!(f.d.take_used().len(), CHAINS_PER_CALL);
+    assert!(f.block.rerun(0), "stopped at the budget with work left");
+    f.d.kick(&mut f.block);
+    assert_eq!(f.d.take_used().len(), 16);
+    assert!(!f.block.rerun(0), "done");
+    for i in 0..n {
+        assert_eq!(f.read_mem(BUF + i * 512, 512), expected_sectors(i, 1));
+    }
+}
+
 // ---- read-only disks ----
 
 #[test]
