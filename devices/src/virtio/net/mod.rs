@@ -67,6 +67,10 @@ const RX_BUFFER_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN + 1;
 /// Frames handled per call before yielding to the event loop (which calls
 /// again while the tap stays readable).
 const RX_BUDGET: usize = 256;
+/// Most transmit chains one call sends before it yields to the event loop
+/// (and asks to be run again): a guest that keeps its transmit queue full
+/// cannot keep the loop from everything else.
+pub const TX_CHAINS_PER_CALL: usize = 256;
 
 /// Errors opening a network backend or parsing its options.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +243,10 @@ pub struct Net<B: Backend = Tap> {
     /// The backend failed for good: stop watching it.
     broken: bool,
     tx_blocked: bool,
+    /// The last process_tx stopped at its budget with chains left.
+    tx_rerun: bool,
+    /// Chains per process_tx call ([`TX_CHAINS_PER_CALL`]; tests lower it).
+    tx_budget: usize,
     tx_error_logged: bool,
     rx: Rx,
     stats: NetStats,
@@ -271,6 +279,8 @@ impl<B: Backend> Net<B> {
             active: false,
             broken: false,
             tx_blocked: false,
+            tx_rerun: false,
+            tx_budget: TX_CHAINS_PER_CALL,
             tx_error_logged: false,
             rx: Rx {
                 buf: vec![0; RX_BUFFER_LEN],
@@ -304,14 +314,24 @@ impl<B: Backend> Net<B> {
         }
     }
 
-    /// Sends every available transmit chain; stops at a full tap.
+    /// Sends every available transmit chain; stops at a full tap, or after
+    /// [`TX_CHAINS_PER_CALL`] chains (then asks to be run again).
     fn process_tx(&mut self, queue: &mut Queue, mem: &Memory) -> bool {
         let mut used = false;
+        let mut budget = self.tx_budget;
+        self.tx_rerun = false;
         loop {
             // Errors here mean rings outside RAM: nothing to do but stop.
             let _ = queue.disable_notification(mem);
             let mut popped = false;
             while let Some(desc_chain) = queue.pop_descriptor_chain(mem) {
+                if budget == 0 {
+                    // Notifications stay off; the event loop calls again.
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                    self.tx_rerun = true;
+                    return used && needs_interrupt(queue, mem);
+                }
+                budget -= 1;
                 popped = true;
                 let head = desc_chain.head_index();
                 match TxFrame::parse(desc_chain, mem) {
@@ -631,6 +651,10 @@ impl<B: Backend> VirtioDevice for Net<B> {
             TX_QUEUE if !self.tx_blocked => self.process_tx(&mut queues[TX_QUEUE], mem),
             _ => false,
         }
+    }
+
+    fn rerun(&self, index: usize) -> bool {
+        index == TX_QUEUE && self.tx_rerun
     }
 
     fn backend_fd(&self) -> Option<RawFd> {

@@ -233,6 +233,39 @@ fn transmit_writes_header_and_frame_as_one_datagram() {
 }
 
 #[test]
+fn transmit_yields_after_its_budget_and_asks_to_run_again() {
+    let mut rig = Rig::new(0);
+    let (_rxq, txq, mut queues) = rings(&rig.mem);
+    rig.net.tx_budget = 4;
+    for i in 0..10u16 {
+        let addr = 0x20000 + u64::from(i) * 0x1000;
+        let data = with_header(&frame(60, i as u8));
+        rig.mem.write_slice(&data, GuestAddress(addr)).unwrap();
+        txq.add_chain(i, &[(addr, data.len() as u32, false)]);
+    }
+    activate(&mut rig.net, 0);
+    let mut rounds = Vec::new();
+    loop {
+        rig.net.process_queue(TX_QUEUE, &mut queues, &rig.mem);
+        rounds.push(rig.net.net_stats().tx_frames);
+        if !rig.net.rerun(TX_QUEUE) {
+            break;
+        }
+    }
+    assert_eq!(rounds, vec![4, 8, 10]);
+    assert_eq!(txq.used().len(), 10);
+    let mut buf = [0u8; 128];
+    for i in 0..10u8 {
+        let n = rig.peer.recv(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            &with_header(&frame(60, i))[..],
+            "frame {i} in order"
+        );
+    }
+}
+
+#[test]
 fn hostile_transmit_chains_are_returned_unsent_and_counted() {
     let mut rig = Rig::new(0);
     let (_rxq, txq, mut queues) = rings(&rig.mem);
