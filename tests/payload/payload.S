@@ -29,6 +29,9 @@
 #define BOOT_TIMER      0xc0000000      /* MMIO: write 123 to record boot time */
 #define UNASSIGNED_PORT 0x510           /* no device behind it in kiln */
 #define UNASSIGNED_MMIO 0xd0000000      /* first virtio-mmio slot, left empty */
+#define ACPI_RSDP       0xe0000         /* where kiln puts the ACPI root pointer */
+#define ACPI_SLEEP_CTL  0x600           /* FADT sleep-control register (port) */
+#define ACPI_S5_SLEEP   0x34            /* SLP_TYP 5 (\_S5) << 2 | SLP_EN */
 
 #define BP_CMD_LINE_PTR 0x228           /* boot_params.hdr.cmd_line_ptr (u32) */
 
@@ -173,6 +176,26 @@ mode_badport:
         leaq    s_survived(%rip), %rsi
         call    puts
         jmp     reset
+
+/* acpi: say whether kiln wrote an ACPI root pointer ("acpi rsdp=yes" or
+ * "=no"), then power off through the FADT's sleep-control register the
+ * way Linux does (S5); should kiln not stop, halt with interrupts off. */
+mode_acpi:
+        leaq    s_acpi_rsdp(%rip), %rsi
+        call    puts
+        leaq    s_no(%rip), %rsi
+        movl    $ACPI_RSDP, %edi
+        movabsq $0x2052545020445352, %rax /* "RSD PTR " */
+        cmpq    %rax, (%rdi)
+        jne     1f
+        leaq    s_yes(%rip), %rsi
+1:      call    puts
+        movw    $ACPI_SLEEP_CTL, %dx
+        movb    $ACPI_S5_SLEEP, %al
+        outb    %al, %dx
+2:      cli
+        hlt
+        jmp     2b
 
 mode_unknown:
         leaq    s_unknown(%rip), %rsi
@@ -748,6 +771,7 @@ mode_table:
         .quad   m_triple, mode_triple
         .quad   m_spin, mode_spin
         .quad   m_badport, mode_badport
+        .quad   m_acpi, mode_acpi
         .quad   m_insns, mode_insns
         .quad   0, 0
 
@@ -769,6 +793,7 @@ m_halt:         .asciz "halt"
 m_triple:       .asciz "triple"
 m_spin:         .asciz "spin"
 m_badport:      .asciz "badport"
+m_acpi:         .asciz "acpi"
 m_insns:        .asciz "insns"
 
 s_key:          .asciz "payload="
@@ -782,6 +807,9 @@ s_triple:       .asciz "kiln-payload: triple faulting\n"
 s_spin:         .asciz "kiln-payload: spinning\n"
 s_badport:      .asciz "kiln-payload: poking unassigned port and MMIO\n"
 s_survived:     .asciz "kiln-payload: survived\n"
+s_acpi_rsdp:    .asciz "kiln-payload: acpi rsdp="
+s_yes:          .asciz "yes\n"
+s_no:           .asciz "no\n"
 s_unknown:      .asciz "kiln-payload: unknown mode\n"
 s_insns:        .asciz "kiln-payload: testing instructions\n"
 s_insns_done:   .asciz "kiln-payload: insns done\n"
