@@ -44,7 +44,13 @@ pub enum PvmError {
 ///   CMPXCHG16B in SLUB's fast path: kiln emulates all of them, but each
 ///   is a round trip);
 /// - skip boot work that takes minutes when ring 0 is emulated: the crypto
-///   self-tests and ftrace's check of weak functions (Debian's kernel);
+///   self-tests and ftrace's check of weak functions (Debian's kernel), and
+///   the tracing set-up of a kernel with thousands of trace events
+///   (Debian's: `trace_eval_init` queues a rewrite of every event's print
+///   format and `tracer_init_tracefs` the creation of its tracefs files:
+///   minutes each here, while holding `event_mutex`, on which
+///   `init_kprobe_trace` blocks the boot). Without them tracefs is
+///   empty: tracing inside such a guest is lost, nothing else;
 /// - no lockup watchdogs (`watchdog_thresh=0`, which unlike `nowatchdog`
 ///   is not handed to init when a kernel lacks the detectors): under
 ///   emulation they fire spuriously and their
@@ -53,7 +59,9 @@ pub enum PvmError {
 /// Every switch has a `=` or a `.`: Linux hands unknown bare words to init
 /// as arguments, which would corrupt the command our init runs.
 pub const SLOW_HOST_CMDLINE: &str = "clearcpuid=xsave,popcnt,smap,ssse3,cx16 \
-     cryptomgr.notests initcall_blacklist=ftrace_check_for_weak_functions watchdog_thresh=0";
+     cryptomgr.notests \
+     initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs \
+     watchdog_thresh=0";
 
 /// The switches for this host: [`SLOW_HOST_CMDLINE`] plus the TSC
 /// frequency, because calibrating the TSC against the PIT fails when
@@ -407,6 +415,9 @@ mod tests {
         let c = default_cmdline(Some(2_600_000));
         assert!(c.starts_with("clearcpuid=xsave,popcnt,smap,ssse3,cx16 cryptomgr.notests "));
         assert!(c.ends_with(" watchdog_thresh=0 tsc_early_khz=2600000"));
+        assert!(c.contains(
+            " initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs "
+        ));
         assert_eq!(default_cmdline(None), SLOW_HOST_CMDLINE);
         for word in c.split_whitespace() {
             assert!(
