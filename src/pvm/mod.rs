@@ -52,16 +52,18 @@ pub enum PvmError {
 ///   `init_kprobe_trace` blocks the boot). Without them tracefs is
 ///   empty: tracing inside such a guest is lost, nothing else;
 /// - no lockup watchdogs (`watchdog_thresh=0`, which unlike `nowatchdog`
-///   is not handed to init when a kernel lacks the detectors): under
-///   emulation they fire spuriously and their
-///   backtraces cost more time.
+///   is not handed to init when a kernel lacks the detectors) and no RCU
+///   stall warnings (`rcupdate.rcu_cpu_stall_suppress=1`): under emulation
+///   on a loaded host they fire spuriously, and their backtraces cost more
+///   time (an RCU stall's NMI backtrace on a second vCPU runs LSL in the
+///   NMI entry, which neither the host nor kiln emulates yet).
 ///
 /// Every switch has a `=` or a `.`: Linux hands unknown bare words to init
 /// as arguments, which would corrupt the command our init runs.
 pub const SLOW_HOST_CMDLINE: &str = "clearcpuid=xsave,popcnt,smap,ssse3,cx16 \
      cryptomgr.notests \
      initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs \
-     watchdog_thresh=0";
+     watchdog_thresh=0 rcupdate.rcu_cpu_stall_suppress=1";
 
 /// The switches for this host: [`SLOW_HOST_CMDLINE`] plus the TSC
 /// frequency, because calibrating the TSC against the PIT fails when
@@ -414,7 +416,7 @@ mod tests {
     fn default_cmdline_carries_the_tsc_frequency() {
         let c = default_cmdline(Some(2_600_000));
         assert!(c.starts_with("clearcpuid=xsave,popcnt,smap,ssse3,cx16 cryptomgr.notests "));
-        assert!(c.ends_with(" watchdog_thresh=0 tsc_early_khz=2600000"));
+        assert!(c.ends_with(" rcupdate.rcu_cpu_stall_suppress=1 tsc_early_khz=2600000"));
         assert!(c.contains(
             " initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs "
         ));
