@@ -88,16 +88,9 @@ impl BusDevice for AcpiPm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
 
-    #[derive(Default)]
-    struct Count(AtomicU32);
-    impl Interrupt for Count {
-        fn trigger(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::CountingInterrupt as Count;
     impl Count {
         fn get(&self) -> u32 {
             self.0.load(Ordering::SeqCst)

@@ -49,16 +49,9 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
 
-    #[derive(Default)]
-    struct Count(AtomicU32);
-    impl Interrupt for Count {
-        fn trigger(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::CountingInterrupt as Count;
 
     #[test]
     fn reset_command_signals() {

@@ -23,3 +23,17 @@ impl Interrupt for EventFd {
         self.write(1)
     }
 }
+
+/// An [`Interrupt`] that counts how often it was raised: the test double
+/// of every device's unit tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct CountingInterrupt(pub std::sync::atomic::AtomicU32);
+
+#[cfg(test)]
+impl Interrupt for CountingInterrupt {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -516,14 +516,7 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Counter(AtomicU32);
-    impl Interrupt for Counter {
-        fn trigger(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::CountingInterrupt as Counter;
 
     fn mem() -> Memory {
         Memory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
