@@ -79,15 +79,10 @@ fn no_acpi_writes_no_tables_and_places_no_power_registers() {
 }
 
 fn artifact(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("build/guest")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run ./resources/guests.sh (it builds the acpi kernel) first",
-        p.display()
-    );
-    p
+    common::guest_artifact(
+        rel,
+        "run ./resources/guests.sh (it builds the acpi kernel) first",
+    )
 }
 
 /// `kiln run` arguments that boot the acpi kernel with the initramfs,
@@ -108,13 +103,6 @@ fn acpi_kernel_args(kernel: &str, command: &str, extra: &[&str]) -> Vec<String> 
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
     args
-}
-
-/// The value printed by the guest as `KEY=value` on a line of its own.
-fn reported<'a>(o: &'a Outcome, key: &str) -> Option<&'a str> {
-    o.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The kernel found and loaded kiln's tables without complaint.
@@ -213,14 +201,14 @@ poweroff -f
     o.check(!o.timed_out, "the guest finished before the timeout");
     acpi_came_up(&o);
     o.check(
-        reported(&o, "VIRTIO_ACPI") == Some("3"),
+        o.reported("VIRTIO_ACPI") == Some("3"),
         "three LNRO0005 devices in the ACPI namespace",
     );
     o.check(
-        reported(&o, "VDB_SECTORS") == Some("16384"),
+        o.reported("VDB_SECTORS") == Some("16384"),
         "vdb has the data disk's size (8 MiB)",
     );
-    o.check(reported(&o, "PING") == Some("ok"), "eth0 pings the host");
+    o.check(o.reported("PING") == Some("ok"), "eth0 pings the host");
     o.check(o.stderr.contains(ACPI_POWEROFF), "S5 request logged");
     o.check(
         !o.stderr.contains(HALT_POWEROFF),

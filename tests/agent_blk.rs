@@ -28,13 +28,6 @@ const SECTOR: usize = 512;
 const FLUSH_FIRST: u64 = 16;
 const FLUSH_SECTORS: u64 = 64;
 
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The first sector in `sectors` (counted from `first`) of `image` that
 /// does not hold the agent's pattern for `seed`.
 fn pattern_mismatch(image: &[u8], seed: u64, first: u64, sectors: u64) -> Option<u64> {
@@ -45,7 +38,7 @@ fn pattern_mismatch(image: &[u8], seed: u64, first: u64, sectors: u64) -> Option
         };
         sector.chunks_exact(8).enumerate().any(|(w, word)| {
             u64::from_le_bytes(word.try_into().unwrap())
-                != splitmix64(seed ^ (s.wrapping_mul(64) + w as u64))
+                != agent::splitmix64(seed ^ (s.wrapping_mul(64) + w as u64))
         })
     })
 }
@@ -70,7 +63,7 @@ fn disk_hash(image: &[u8]) -> u64 {
 /// An image of `len` bytes of deterministic pseudo-random content.
 fn random_image(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     let bytes: Vec<u8> = (0..len / 8)
-        .flat_map(|i| splitmix64(seed ^ i as u64).to_le_bytes())
+        .flat_map(|i| agent::splitmix64(seed ^ i as u64).to_le_bytes())
         .collect();
     std::fs::write(path, &bytes).unwrap();
     bytes

@@ -54,18 +54,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Datagram `seq`'s share of the stream for `seed`.
 fn chunk(seed: u64, seq: u32, len: usize) -> Vec<u8> {
     let first = u64::from(seq) * (CHUNK as u64 / 8);
     let mut out: Vec<u8> = (0..len.div_ceil(8) as u64)
-        .flat_map(|w| splitmix64(seed ^ (first + w)).to_le_bytes())
+        .flat_map(|w| agent::splitmix64(seed ^ (first + w)).to_le_bytes())
         .collect();
     out.truncate(len);
     out

@@ -20,15 +20,7 @@ const MINIMAL_TIMEOUT: Duration = Duration::from_secs(600);
 const DEBIAN_TIMEOUT: Duration = Duration::from_secs(1200);
 
 fn artifact(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("build/guest")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run ./resources/guests.sh --debian first",
-        p.display()
-    );
-    p
+    common::guest_artifact(rel, "run ./resources/guests.sh --debian first")
 }
 
 fn boot(kernel: &str, initrd: &str, cpus: &str, command: &str, timeout: Duration) -> Outcome {
@@ -69,12 +61,6 @@ fn init_line(o: &Outcome) -> Option<(String, u32)> {
     Some((kernel.trim().to_string(), cpus.trim().parse().ok()?))
 }
 
-fn exit_status(o: &Outcome) -> Option<i32> {
-    o.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("KILN-EXIT: ")?.parse().ok())
-}
-
 fn check_run(o: &Outcome, release: &str, cpus: u32, status: i32, marker: &str) {
     o.check(!o.timed_out, "the guest finished before the timeout");
     o.check(o.errors().is_empty(), "kiln reported no error");
@@ -94,7 +80,7 @@ fn check_run(o: &Outcome, release: &str, cpus: u32, status: i32, marker: &str) {
         "the command's output reached the console",
     );
     o.check(
-        exit_status(o) == Some(status),
+        o.exit_status() == Some(status),
         &format!("init reported exit status {status}"),
     );
     o.check(o.code == Some(0), "the guest's reboot ended kiln with 0");

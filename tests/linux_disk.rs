@@ -24,38 +24,7 @@ use common::Outcome;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 fn artifact(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("build/guest")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run ./resources/guests.sh first",
-        p.display()
-    );
-    p
-}
-
-fn exit_status(o: &Outcome) -> Option<i32> {
-    o.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("KILN-EXIT: ")?.parse().ok())
-}
-
-/// The value printed by the guest as `KEY=value` on a line of its own.
-fn reported<'a>(o: &'a Outcome, key: &str) -> Option<&'a str> {
-    o.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-}
-
-fn sha256_of(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    common::guest_artifact(rel, "run ./resources/guests.sh first")
 }
 
 fn make_image(path: &Path, size: u64, fill: u8) {
@@ -66,7 +35,7 @@ fn ran_cleanly(o: &Outcome, status: i32) {
     o.check(!o.timed_out, "the guest finished before the timeout");
     o.check(o.errors().is_empty(), "kiln reported no error");
     o.check(
-        exit_status(o) == Some(status),
+        o.exit_status() == Some(status),
         &format!("init reported exit status {status}"),
     );
     o.check(o.code == Some(0), "the guest's reboot ended kiln with 0");
@@ -100,11 +69,10 @@ fn root_disk_write_reaches_the_host_file() {
     );
     ran_cleanly(&o, 0);
     o.check(
-        reported(&o, "ROOT") == Some("/dev/root:ext4")
-            || reported(&o, "ROOT") == Some("/dev/vda:ext4"),
+        o.reported("ROOT") == Some("/dev/root:ext4") || o.reported("ROOT") == Some("/dev/vda:ext4"),
         "the root file system is the ext4 disk",
     );
-    let guest_sha = reported(&o, "GUEST_SHA").map(str::to_string);
+    let guest_sha = o.reported("GUEST_SHA").map(str::to_string);
     o.check(guest_sha.is_some(), "the guest printed the file's hash");
 
     // Read the file out of the image without mounting it.
@@ -124,7 +92,7 @@ fn root_disk_write_reaches_the_host_file() {
         "the file has the size the guest wrote",
     );
     o.check(
-        Some(sha256_of(&out_file)) == guest_sha,
+        Some(common::sha256_of(&out_file)) == guest_sha,
         "the host file holds the bytes the guest wrote",
     );
     let fsck = Command::new("e2fsck")
@@ -142,7 +110,7 @@ fn data_disks_sizes_read_only_and_writes_in_place() {
     let ro = dir.path().join("ro.img");
     make_image(&rw, 8 << 20, 0);
     make_image(&ro, 3 << 20, 0x5a);
-    let ro_before = sha256_of(&ro);
+    let ro_before = common::sha256_of(&ro);
     let kernel = artifact("minimal/vmlinux");
     let initrd = artifact("initramfs.cpio");
     // The guest's script is on the first disk (vda, read-only); the data
@@ -187,27 +155,27 @@ printf kiln-marker | dd of=/dev/vdb bs=512 seek=2048 conv=fsync 2>/dev/null && e
         TIMEOUT,
     );
     ran_cleanly(&o, 0);
-    o.check(reported(&o, "SIZE_vdb") == Some("16384"), "vdb is 8 MiB");
-    o.check(reported(&o, "SIZE_vdc") == Some("6144"), "vdc is 3 MiB");
+    o.check(o.reported("SIZE_vdb") == Some("16384"), "vdb is 8 MiB");
+    o.check(o.reported("SIZE_vdc") == Some("6144"), "vdc is 3 MiB");
     o.check(
-        reported(&o, "VDC_RO") == Some("1"),
+        o.reported("VDC_RO") == Some("1"),
         "Linux sees vdc read-only",
     );
     o.check(
-        reported(&o, "VDB_SERIAL") == Some("kiln-data"),
+        o.reported("VDB_SERIAL") == Some("kiln-data"),
         "vdb's serial is its id=",
     );
     o.check(
-        reported(&o, "VDC_WRITE") == Some("failed"),
+        o.reported("VDC_WRITE") == Some("failed"),
         "a write to the read-only disk fails",
     );
     o.check(
-        reported(&o, "VDC_HEAD") == Some("5a5a5a5a"),
+        o.reported("VDC_HEAD") == Some("5a5a5a5a"),
         "the read-only disk still reads",
     );
-    o.check(reported(&o, "VDB_DONE") == Some("1"), "the guest wrote vdb");
+    o.check(o.reported("VDB_DONE") == Some("1"), "the guest wrote vdb");
     o.check(
-        sha256_of(&ro) == ro_before,
+        common::sha256_of(&ro) == ro_before,
         "the read-only image is bit-identical",
     );
     let data = std::fs::read(&rw).unwrap();

@@ -20,30 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 const BYTES: usize = 1 << 20;
 
 fn artifact(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("build/guest")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run ./resources/guests.sh first",
-        p.display()
-    );
-    p
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    common::guest_artifact(rel, "run ./resources/guests.sh first")
 }
 
 /// Pseudo-random bytes (xorshift), different for each seed.
@@ -59,12 +36,6 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn reported<'a>(o: &'a common::Outcome, key: &str) -> Option<&'a str> {
-    o.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-}
-
 #[test]
 fn two_nics_ping_and_tcp_both_ways() {
     let ns = NetNs::new("lnx");
@@ -74,7 +45,7 @@ fn two_nics_ping_and_tcp_both_ways() {
     // Host side, inside the namespace: take 1 MiB from the guest on port
     // 5000 and send 1 MiB to it on port 5001.
     let to_guest = pattern(BYTES, 7);
-    let to_guest_sha = sha256_hex(&to_guest);
+    let to_guest_sha = common::sha256_hex(&to_guest);
     let server = ns.run_inside(move || {
         let rx = TcpListener::bind("10.0.2.1:5000").unwrap();
         let tx = TcpListener::bind("10.0.3.1:5001").unwrap();
@@ -132,25 +103,25 @@ echo "RX_SHA=$(sha256sum /tmp/rx.bin | cut -d' ' -f1)"
     o.check(!o.timed_out, "the guest finished before the timeout");
     o.check(o.errors().is_empty(), "kiln reported no error");
     o.check(o.code == Some(0), "the guest's reboot ended kiln with 0");
-    let macs = reported(&o, "MACS").unwrap_or_default();
+    let macs = o.reported("MACS").unwrap_or_default();
     o.check(
         macs.starts_with("02:6b:69:6c:6e:01,"),
         "eth0 has the MAC given on the command line",
     );
-    o.check(reported(&o, "PING0") == Some("ok"), "eth0 pings the host");
-    o.check(reported(&o, "PING1") == Some("ok"), "eth1 pings the host");
-    if o.timed_out || reported(&o, "TX_SHA").is_none() {
+    o.check(o.reported("PING0") == Some("ok"), "eth0 pings the host");
+    o.check(o.reported("PING1") == Some("ok"), "eth1 pings the host");
+    if o.timed_out || o.reported("TX_SHA").is_none() {
         // The server thread would wait forever for a guest that is gone.
         o.check(false, "the guest reached the TCP transfers");
     }
     let (ok, got) = server.join().unwrap();
     o.check(ok, "the host received 1 MiB from the guest");
     o.check(
-        reported(&o, "TX_SHA") == Some(sha256_hex(&got).as_str()),
+        o.reported("TX_SHA") == Some(common::sha256_hex(&got).as_str()),
         "guest to host: the bytes arrived intact",
     );
     o.check(
-        reported(&o, "RX_SHA") == Some(to_guest_sha.as_str()),
+        o.reported("RX_SHA") == Some(to_guest_sha.as_str()),
         "host to guest: the bytes arrived intact",
     );
 }

@@ -210,3 +210,12 @@ impl Report {
         )
     }
 }
+
+/// splitmix64: the agent's pattern generator (src/blk.rs, src/netcheck.rs),
+/// recomputed on the host to check what the agent wrote or sent.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -32,6 +32,20 @@ impl Outcome {
             .collect()
     }
 
+    /// The value the guest printed as `KEY=value` on a line of its own.
+    pub fn reported(&self, key: &str) -> Option<&str> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The status our init reported for its command (`KILN-EXIT: N`).
+    pub fn exit_status(&self) -> Option<i32> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("KILN-EXIT: ")?.parse().ok())
+    }
+
     /// Panics with the whole output unless `cond` holds.
     pub fn check(&self, cond: bool, what: &str) {
         assert!(
@@ -193,4 +207,35 @@ pub fn script_disk(dir: &std::path::Path, script: &str) -> PathBuf {
     let path = dir.join("script.img");
     std::fs::write(&path, bytes).expect("script disk");
     path
+}
+
+/// A guest artifact under build/guest (kernels, initramfs, rootfs);
+/// `missing` says which set-up command makes it.
+pub fn guest_artifact(rel: &str, missing: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("build/guest")
+        .join(rel);
+    assert!(p.exists(), "{} is missing: {missing}", p.display());
+    p
+}
+
+/// The SHA-256 of `data`, in hex, by sha256sum.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The SHA-256 of a file, in hex.
+pub fn sha256_of(path: &std::path::Path) -> String {
+    sha256_hex(&std::fs::read(path).expect("readable file"))
 }
