@@ -231,6 +231,7 @@ fn emulated_instructions_give_architectural_results() {
             "stac=1",
             "xgetbv=1",
             "cmpxchg8b/16b=3",
+            "lsl=3",
         ] {
             o.check(o.stderr.contains(n), &format!("repair counter {n}"));
         }

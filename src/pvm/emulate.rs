@@ -11,7 +11,7 @@
 //! pending x87 exceptions (for FWAIT) are not checked.
 //!
 //! # Instructions
-//! INT3, FWAIT, POPCNT, CLAC, STAC, XGETBV, CMPXCHG (0f b0/b1),
+//! INT3, FWAIT, POPCNT, CLAC, STAC, XGETBV, LSL, CMPXCHG (0f b0/b1),
 //! CMPXCHG8B/16B, LDMXCSR, STMXCSR, MOVD/MOVQ (66 0f 6e/7e, f3 0f 7e,
 //! 66 0f d6), MOVDQA/MOVDQU (0f 6f/7f) and PXOR. Prefixes: 66, 67, f0, f2, f3,
 //! segment overrides (only FS/GS have a base) and REX. Everything else,
@@ -102,6 +102,11 @@ pub trait Machine {
     fn mxcsr_mask(&self) -> u32 {
         0xffff
     }
+    /// Current privilege level (CS.RPL).
+    fn cpl(&self) -> u8;
+    /// Base (guest-virtual) and limit of the GDT, or of the LDT when `ldt`;
+    /// `None` when no LDT is loaded.
+    fn descriptor_table(&self, ldt: bool) -> Option<(u64, u32)>;
 }
 
 /// What the caller must do after [`emulate`]; see the module docs.
@@ -504,6 +509,7 @@ fn two_byte(m: &mut impl Machine, d: &mut Decoder) -> Result<(), Exit> {
     let op = d.byte()?;
     match (op, d.mandatory()) {
         (0x01, NP) => group7(m, d),
+        (0x03, _) => lsl(m, d),
         (0xb0 | 0xb1, _) => cmpxchg(m, d, op),
         (0xb8, F3) => popcnt(m, d),
         (0xc7, _) => cmpxchg8b_16b(m, d),
@@ -533,6 +539,59 @@ fn group7(m: &mut impl Machine, d: &mut Decoder) -> Result<(), Exit> {
         _ => return Err(d.unsupported()), // VMCALL, SGDT, SWAPGS, ...
     }
     Ok(())
+}
+
+/// 0f 03: LSL r, r/m16 (load segment limit). Linux's paranoid NMI/#MC
+/// entry runs `lsl` on the CPUNODE GDT entry to find its CPU number.
+/// Only ZF changes: set when the selector names a descriptor that LSL may
+/// read, in which case the destination gets the byte-granular limit.
+fn lsl(m: &mut impl Machine, d: &mut Decoder) -> Result<(), Exit> {
+    let size = d.opsize();
+    let rex = d.rex != 0;
+    let mr = d.modrm(m)?;
+    d.no_lock()?;
+    let selector = read_rm(m, mr.rm, 2, rex)? as u16;
+    let limit = segment_limit(m, selector)?;
+    let mut flags = m.get_rflags() & !ZF;
+    if let Some(limit) = limit {
+        set_reg(m, mr.reg, size, rex, limit as u64);
+        flags |= ZF;
+    }
+    m.set_rflags(flags);
+    Ok(())
+}
+
+/// The limit LSL reports for `selector`, or `None` where LSL clears ZF:
+/// a null selector, one past its table's limit, a descriptor type LSL
+/// does not accept in long mode, or a DPL below CPL or RPL (conforming
+/// code segments excepted). LSL does not check the present bit.
+fn segment_limit(m: &mut impl Machine, selector: u16) -> Result<Option<u32>, Exit> {
+    let ldt = selector & 4 != 0;
+    if !ldt && selector & !3 == 0 {
+        return Ok(None);
+    }
+    let Some((base, table_limit)) = m.descriptor_table(ldt) else {
+        return Ok(None);
+    };
+    let offset = u64::from(selector & !7);
+    if offset + 7 > u64::from(table_limit) {
+        return Ok(None);
+    }
+    let desc = load(m, base.wrapping_add(offset), 8)? as u64;
+    let kind = (desc >> 40) & 0xf;
+    let system = desc & (1 << 44) == 0;
+    let dpl = ((desc >> 45) & 3) as u8;
+    // LDT, available and busy 64-bit TSS.
+    if system && !matches!(kind, 0x2 | 0x9 | 0xb) {
+        return Ok(None);
+    }
+    let conforming_code = !system && kind & 0xc == 0xc;
+    if !conforming_code && (dpl < m.cpl() || dpl < (selector & 3) as u8) {
+        return Ok(None);
+    }
+    let raw = ((desc & 0xffff) | ((desc >> 32) & 0xf_0000)) as u32;
+    let granular = desc & (1 << 55) != 0;
+    Ok(Some(if granular { (raw << 12) | 0xfff } else { raw }))
 }
 
 /// f3 0f b8: POPCNT r, r/m.
@@ -686,6 +745,7 @@ mod tests {
     const RSI: usize = 6;
     const RDI: usize = 7;
     const START_RIP: u64 = 0x1000;
+    const GDT: u64 = 0x8000;
 
     /// A vCPU with sparse memory: `unmapped` faults on any access,
     /// `read_only` faults on writes.
@@ -700,6 +760,9 @@ mod tests {
         read_only: Range<u64>,
         xmm: [u128; 16],
         mxcsr: u32,
+        cpl: u8,
+        gdt: (u64, u32),
+        ldt: Option<(u64, u32)>,
     }
 
     impl Fake {
@@ -715,6 +778,9 @@ mod tests {
                 read_only: 0xbeef_0000..0xbeef_1000,
                 xmm: [0; 16],
                 mxcsr: 0x1f80,
+                cpl: 0,
+                gdt: (GDT, 16 * 8 - 1),
+                ldt: None,
             }
         }
         fn put(&mut self, addr: u64, data: &[u8]) {
@@ -799,6 +865,16 @@ mod tests {
         fn set_mxcsr(&mut self, v: u32) {
             self.mxcsr = v;
         }
+        fn cpl(&self) -> u8 {
+            self.cpl
+        }
+        fn descriptor_table(&self, ldt: bool) -> Option<(u64, u32)> {
+            if ldt {
+                self.ldt
+            } else {
+                Some(self.gdt)
+            }
+        }
     }
 
     /// Runs `bytes`, expects Completed with `len` and checks RIP and RF.
@@ -852,6 +928,98 @@ mod tests {
     #[test]
     fn fwait_is_a_noop() {
         ok(&mut Fake::new(), &[0x9b, 0xdb, 0xe3], 1);
+    }
+
+    /// A GDT like Linux's: kernel code (0x10), user data (0x2b), a 64-bit
+    /// TSS (0x40), the CPUNODE entry (0x7b: byte-granular limit = CPU 1,
+    /// node 2 as (node << 12) | cpu), and a non-system type-0 slot (0x70).
+    fn gdt_machine() -> Fake {
+        let mut f = Fake::new();
+        let entries: [(u16, u64); 5] = [
+            (0x10, 0x00af_9b00_0000_ffff),
+            (0x28, 0x00cf_f300_0000_ffff),
+            (0x40, 0x0000_8b00_0000_206f),
+            (0x70, 0x0000_0000_0000_0000),
+            (0x78, 0x0040_f500_0000_2001),
+        ];
+        for (sel, desc) in entries {
+            f.put(GDT + u64::from(sel), &desc.to_le_bytes());
+        }
+        f
+    }
+
+    #[test]
+    fn lsl_reads_the_cpunode_limit_like_linux_paranoid_entry() {
+        let mut f = gdt_machine();
+        // lsl rax, rax with rax = __CPUNODE_SEG (0x7b)
+        f.gpr[RAX] = 0x7b;
+        ok(&mut f, &[0x48, 0x0f, 0x03, 0xc0], 4);
+        assert_eq!(f.gpr[RAX], 0x2001);
+        assert_ne!(f.rflags & ZF, 0);
+        // lsl ecx, [rsp]: 32-bit destination is zero-extended
+        f.gpr[RCX] = u64::MAX;
+        f.gpr[RSP] = 0x3000;
+        f.put(0x3000, &0x7bu16.to_le_bytes());
+        ok(&mut f, &[0x0f, 0x03, 0x0c, 0x24], 4);
+        assert_eq!(f.gpr[RCX], 0x2001);
+    }
+
+    #[test]
+    fn lsl_scales_granular_limits_and_accepts_a_tss() {
+        let mut f = gdt_machine();
+        f.gpr[RBX] = 0x10; // 4K-granular code segment
+        ok(&mut f, &[0x48, 0x0f, 0x03, 0xc3], 4); // lsl rax, rbx
+        assert_eq!(f.gpr[RAX], 0xffff_ffff);
+        f.gpr[RBX] = 0x40; // 64-bit TSS, limit 0x206f
+        ok(&mut f, &[0x48, 0x0f, 0x03, 0xc3], 4);
+        assert_eq!(f.gpr[RAX], 0x206f);
+        assert_ne!(f.rflags & ZF, 0);
+        // 16-bit operand size keeps the upper bits
+        f.gpr[RAX] = 0xaaaa_bbbb_cccc_dddd;
+        f.gpr[RBX] = 0x2b;
+        ok(&mut f, &[0x66, 0x0f, 0x03, 0xc3], 4);
+        assert_eq!(f.gpr[RAX], 0xaaaa_bbbb_cccc_ffff);
+    }
+
+    #[test]
+    fn lsl_clears_zf_and_keeps_the_destination_when_it_may_not_read() {
+        let mut f = gdt_machine();
+        f.cpl = 3;
+        // Null (RPL 0 and 3), past the GDT limit, a type-0 system slot,
+        // DPL 0 seen from CPL 3, and an LDT selector with no LDT loaded.
+        for sel in [0x0u64, 0x3, 0x80, 0x70, 0x10, 0x7c] {
+            f.gpr[RAX] = 0x1234;
+            f.gpr[RBX] = sel;
+            f.rflags |= ZF | CF;
+            ok(&mut f, &[0x48, 0x0f, 0x03, 0xc3], 4);
+            assert_eq!(f.gpr[RAX], 0x1234, "selector {sel:#x}");
+            assert_eq!(f.rflags & (ZF | CF), CF, "selector {sel:#x}");
+        }
+        // A DPL-3 segment is readable from CPL 3.
+        f.gpr[RBX] = 0x7b;
+        ok(&mut f, &[0x48, 0x0f, 0x03, 0xc3], 4);
+        assert_eq!(f.gpr[RAX], 0x2001);
+    }
+
+    #[test]
+    fn lsl_faults_without_side_effects() {
+        let mut f = gdt_machine();
+        f.gdt = (0xdead_0000, 0xffff); // the GDT itself is unmapped
+        f.gpr[RBX] = 0x10;
+        assert!(matches!(
+            stops(&mut f, &[0x48, 0x0f, 0x03, 0xc3]),
+            Outcome::PageFault {
+                gva: 0xdead_0010,
+                ..
+            }
+        ));
+        assert!(matches!(
+            stops(&mut f, &[0xf0, 0x0f, 0x03, 0xc3]),
+            Outcome::InjectException {
+                vector: VECTOR_UD,
+                ..
+            }
+        ));
     }
 
     #[test]

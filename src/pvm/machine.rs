@@ -331,4 +331,16 @@ impl Machine for VcpuMachine<'_> {
         self.fpu().mxcsr = value;
         self.fpu_dirty = true;
     }
+
+    fn cpl(&self) -> u8 {
+        (self.sregs.cs.selector & 3) as u8
+    }
+
+    fn descriptor_table(&self, ldt: bool) -> Option<(u64, u32)> {
+        if !ldt {
+            return Some((self.sregs.gdt.base, self.sregs.gdt.limit.into()));
+        }
+        let l = self.sregs.ldt;
+        (l.present != 0 && l.unusable == 0 && l.selector & !7 != 0).then_some((l.base, l.limit))
+    }
 }

@@ -56,7 +56,8 @@ pub enum PvmError {
 ///   stall warnings (`rcupdate.rcu_cpu_stall_suppress=1`): under emulation
 ///   on a loaded host they fire spuriously, and their backtraces cost more
 ///   time (an RCU stall's NMI backtrace on a second vCPU runs LSL in the
-///   NMI entry, which neither the host nor kiln emulates yet).
+///   NMI entry, which the host cannot emulate: kiln does, at a round trip
+///   per NMI).
 ///
 /// Every switch has a `=` or a `.`: Linux hands unknown bare words to init
 /// as arguments, which would corrupt the command our init runs.
@@ -197,6 +198,7 @@ pub fn mnemonic(bytes: &[u8]) -> &'static str {
         [0x0f, 0x01, 0xcb, ..] => "stac",
         [0x0f, 0x01, 0xd0, ..] => "xgetbv",
         [0x0f, 0x01, 0xc1, ..] => "vmcall",
+        [0x0f, 0x03, ..] => "lsl",
         [0x0f, 0xc7, ..] => "cmpxchg8b/16b",
         [0x0f, 0xb0 | 0xb1, ..] => "cmpxchg",
         [0x0f, 0xae, m, ..] if (m >> 3) & 7 == 2 => "ldmxcsr",
@@ -460,6 +462,7 @@ mod tests {
             "cmpxchg8b/16b"
         );
         assert_eq!(mnemonic(&[0x0f, 0x01, 0xca]), "clac");
+        assert_eq!(mnemonic(&[0x48, 0x0f, 0x03, 0xc0]), "lsl");
         assert_eq!(mnemonic(&[]), "other");
     }
 }

@@ -29,6 +29,7 @@ pub const INSNS: &[&str] = &[
     "cmpxchg16b_ne",
     "cmpxchg16b_gs",
     "int3",
+    "lsl",
 ];
 
 /// Assembles and links the payload once per test process; returns the ELF's path.

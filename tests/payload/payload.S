@@ -359,6 +359,7 @@ mode_insns:
         RUN     n_cx16_ne, insn_cmpxchg16b_ne
         RUN     n_cx16_gs, insn_cmpxchg16b_gs
         RUN     n_int3, insn_int3
+        RUN     n_lsl, insn_lsl
 
         leaq    s_insns_done(%rip), %rsi
         call    puts
@@ -674,6 +675,36 @@ insn_int3:
         jne     fail
         jmp     ok
 
+/* ---- LSL r, r/m16 (0f 03 /r): load the limit of the segment a selector
+ * names and set ZF, or clear ZF and leave the destination alone. Linux's
+ * paranoid NMI entry does this on its CPUNODE GDT entry. kiln's boot GDT
+ * (boot/src/cpu.rs) has a flat data segment at 0x10 and a busy TSS at
+ * 0x18, both with limit 0xfffff in 4K units: 0xffffffff. (The unit tests
+ * in src/pvm/emulate.rs cover byte-granular limits.) */
+insn_lsl:
+        movq    $-1, %rax               /* garbage in the upper half */
+        movl    $0x10, %ecx
+        set_status_flags
+        lsll    %ecx, %eax              /* 0f 03 c1 */
+        jnz     fail
+        movl    $0xffffffff, %r8d       /* 32-bit result, zero-extended */
+        cmpq    %r8, %rax
+        jne     fail
+        movl    $0x18, %ebx
+        leaq    lsl_sel(%rip), %rsi
+        movw    %bx, (%rsi)
+        lslq    (%rsi), %rdx            /* 48 0f 03 16 */
+        jnz     fail
+        cmpq    %r8, %rdx
+        jne     fail
+        movq    $0x1234, %rdx           /* the null selector: ZF=0 */
+        xorl    %ecx, %ecx
+        lslq    %rcx, %rdx              /* 48 0f 03 d1 */
+        jz      fail
+        cmpq    $0x1234, %rdx
+        jne     fail
+        jmp     ok
+
 /* Shared exits of the insn_* routines. */
 ok:     movl    $OK, %eax
         ret
@@ -835,6 +866,7 @@ n_cx16_eq:      .asciz "cmpxchg16b_eq"
 n_cx16_ne:      .asciz "cmpxchg16b_ne"
 n_cx16_gs:      .asciz "cmpxchg16b_gs"
 n_int3:         .asciz "int3"
+n_lsl:          .asciz "lsl"
 
         .balign 4
 popcnt_m32_val: .long  0x12345678
@@ -853,6 +885,7 @@ fault_rsp:      .quad 0         /* with this stack pointer */
 fault_vector:   .quad 0         /* which exception it was (6 or 13) */
 int3_count:     .quad 0
 int3_rip:       .quad 0
+lsl_sel:        .quad 0         /* LSL's memory operand */
         .balign 16
 cx16_buf:       .quad 0, 0      /* CMPXCHG16B needs 16-byte alignment */
 gs_buf:         .quad 0, 0
