@@ -337,10 +337,20 @@ impl Vcpu {
     }
 
     fn where_am_i(&self) -> String {
-        match self.fd.get_regs() {
+        let mut s = match self.fd.get_regs() {
             Ok(r) => format!("RIP {:#x}", r.rip),
             Err(_) => "an unknown RIP".to_string(),
+        };
+        if let Some(r) = &self.repairs {
+            let frames = r.frames(&self.fd, 12);
+            if !frames.is_empty() {
+                s.push_str(" via");
+                for f in frames {
+                    s.push_str(&format!(" {f:#x}"));
+                }
+            }
         }
+        s
     }
 
     /// Host-repair counters, if repairs are on.
@@ -376,7 +386,17 @@ pub mod kick {
     /// a 20 ms tick made a boot 35% slower than a 1 s one), so there it is
     /// rare. Kicks only serve poweroff detection, VMCALL completion and
     /// re-arming the SYSCALL repair; stops kick the threads directly.
+    ///
+    /// `KILN_TICK_MS` overrides it: a profiling aid, since with `-vv` every
+    /// tick logs where the guest is (resources/kallsyms.py --profile).
     pub fn tick_period(repairs: bool) -> Duration {
+        if let Some(ms) = std::env::var("KILN_TICK_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+        {
+            return Duration::from_millis(ms);
+        }
         if repairs {
             Duration::from_millis(500)
         } else {

@@ -22,6 +22,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 
+use emulate::Machine as _;
 use machine::VcpuMachine;
 
 /// Errors from the host repairs: each one stops the VM with its message.
@@ -330,6 +331,32 @@ impl HostRepairs {
         }
         self.armed_at = handler;
         Ok(())
+    }
+
+    /// Return addresses found by following the guest's frame-pointer chain
+    /// from RBP (at most `max`), for the `-vv` tick lines. Only meaningful
+    /// for kernels built with frame pointers; stops at the first frame that
+    /// does not read back as a kernel address.
+    pub fn frames(&self, fd: &VcpuFd, max: usize) -> Vec<u64> {
+        let Ok(mut m) = VcpuMachine::load(fd, &self.mem) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut rbp = m.get_gpr(5);
+        while out.len() < max && rbp >> 47 == 0x1_ffff && rbp % 8 == 0 {
+            let mut frame = [0u8; 16];
+            if m.read_mem(rbp, &mut frame).is_err() {
+                break;
+            }
+            let next = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
+            let ret = u64::from_le_bytes(frame[8..].try_into().expect("8 bytes"));
+            if ret >> 47 != 0x1_ffff || next <= rbp {
+                break;
+            }
+            out.push(ret);
+            rbp = next;
+        }
+        out
     }
 
     /// A debug exit: the breakpoint on the page-fault handler, or the end
