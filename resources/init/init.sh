@@ -2,7 +2,7 @@
 # kiln guest init: /init in the initramfs, /sbin/init in rootfs.ext4.
 #
 # Runs as pid 1 and never returns (pid 1 exiting panics the kernel).
-#  - mounts /proc, /sys, /dev (devtmpfs) and /tmp (tmpfs);
+#  - mounts /proc, /sys, /dev (devtmpfs) and /tmp (tmpfs) (/etc/fstab);
 #  - writes 123 to the boot-timer byte at 0xc0000000 (ignored if absent);
 #  - prints "KILN-INIT: kernel=<uname -r> cpus=<online CPUs>";
 #  - insmods the modules listed in /etc/kiln-modules, in order;
@@ -19,42 +19,62 @@ HOME=/root
 export PATH HOME
 umask 022
 
-is_mounted() {
-    grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null
+# Every external command is a fork (and usually an exec of busybox); on a
+# nested kvm_pvm host each one costs about a second of emulated kernel
+# work, so this script uses shell builtins wherever it can.
+
+is_mounted() { # DIR
+    [ -r /proc/mounts ] || return 1
+    while read -r _ dir _; do
+        [ "$dir" = "$1" ] && return 0
+    done </proc/mounts
+    return 1
 }
 mount_fs() { # TYPE DIR [OPTIONS]
     is_mounted "$2" && return 0
-    mkdir -p "$2" 2>/dev/null
+    [ -d "$2" ] || mkdir -p "$2"
     mount -t "$1" ${3:+-o "$3"} "$1" "$2" || echo "KILN-INIT: mounting $1 on $2 failed"
 }
 
-mount_fs proc /proc
-mount_fs sysfs /sys
-mount_fs devtmpfs /dev
-mount_fs tmpfs /tmp mode=1777
+# One process mounts them all: busybox's mount -a mounts /etc/fstab's
+# entries in order (proc first) and skips those already mounted (the
+# kernel mounts devtmpfs on /dev by itself when the root is a disk).
+if [ -r /etc/fstab ]; then
+    mount -a || echo "KILN-INIT: mount -a failed"
+else
+    mount_fs proc /proc
+    mount_fs sysfs /sys
+    mount_fs devtmpfs /dev
+    mount_fs tmpfs /tmp mode=1777
+fi
 
 devmem 0xc0000000 8 123 2>/dev/null || true
 
-online_cpus() {
-    list=$(cat /sys/devices/system/cpu/online 2>/dev/null)
+# Sets $cpus to the number of online CPUs (a function, not $(...): a
+# command substitution forks).
+count_online_cpus() {
+    list=
+    read -r list 2>/dev/null </sys/devices/system/cpu/online
     if [ -z "$list" ]; then
-        nproc 2>/dev/null || echo 1
+        cpus=$(nproc 2>/dev/null || echo 1)
         return
     fi
-    n=0
+    cpus=0
     old_ifs=$IFS
     IFS=,
     for range in $list; do
         case $range in
-            *-*) n=$((n + ${range#*-} - ${range%-*} + 1)) ;;
-            *) n=$((n + 1)) ;;
+            *-*) cpus=$((cpus + ${range#*-} - ${range%-*} + 1)) ;;
+            *) cpus=$((cpus + 1)) ;;
         esac
     done
     IFS=$old_ifs
-    echo "$n"
 }
 
-echo "KILN-INIT: kernel=$(uname -r) cpus=$(online_cpus)"
+release=unknown
+read -r release 2>/dev/null </proc/sys/kernel/osrelease
+count_online_cpus
+echo "KILN-INIT: kernel=$release cpus=$cpus"
 
 if [ -s /etc/kiln-modules ]; then
     while read -r module; do
@@ -63,7 +83,7 @@ if [ -s /etc/kiln-modules ]; then
     done </etc/kiln-modules
 fi
 
-hostname kiln 2>/dev/null
+echo kiln >/proc/sys/kernel/hostname 2>/dev/null
 
 finish() {
     sync

@@ -2,8 +2,11 @@
 # busybox_tree DIR [MODULES_DIR "MODULE ..."]
 #
 # Build a minimal root tree in DIR (removed first): Debian's static busybox
-# with one symlink per applet, resources/init/init.sh as /sbin/init, /etc
-# basics and the /dev/console and /dev/null nodes (needs root, for mknod).
+# with one hard link per applet, resources/init/init.sh as /sbin/init, /etc
+# basics (fstab for init's `mount -a`) and the /dev/console and /dev/null
+# nodes (needs root, for mknod). Hard links, not symlinks: unpacking an
+# initramfs makes a new inode per symlink but only a directory entry per
+# hard link, and on a nested kvm_pvm host the ~280 symlinks cost seconds.
 # With MODULES_DIR (a lib/modules/<release> tree) and a module list, copies
 # the modules (and, if MODULES_DIR has a modules.dep, their dependencies)
 # into DIR/lib/modules/, decompressed, and lists them in load order in
@@ -29,7 +32,7 @@ busybox_tree() {
     while read -r app; do
         case $app in ''|linuxrc|bin/busybox) continue ;; esac
         mkdir -p "$root/$(dirname "$app")"
-        [ -e "$root/$app" ] || [ -L "$root/$app" ] || ln -s /bin/busybox "$root/$app"
+        [ -e "$root/$app" ] || [ -L "$root/$app" ] || ln "$root/bin/busybox" "$root/$app"
     done < <("$bb" --list-full 2>/dev/null || "$bb" --list | sed 's|^|bin/|')
 
     rm -f "$root/sbin/init"
@@ -38,6 +41,12 @@ busybox_tree() {
     echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
     echo 'root:x:0:' >"$root/etc/group"
     echo kiln >"$root/etc/hostname"
+    cat >"$root/etc/fstab" <<'FSTAB'
+proc      /proc  proc      defaults   0 0
+sysfs     /sys   sysfs     defaults   0 0
+devtmpfs  /dev   devtmpfs  defaults   0 0
+tmpfs     /tmp   tmpfs     mode=1777  0 0
+FSTAB
     printf '127.0.0.1\tlocalhost\n127.0.1.1\tkiln\n' >"$root/etc/hosts"
     mknod -m 600 "$root/dev/console" c 5 1
     mknod -m 666 "$root/dev/null" c 1 3
