@@ -52,6 +52,29 @@ pub enum PvmError {
 ///   minutes each here, while holding `event_mutex`, on which
 ///   `init_kprobe_trace` blocks the boot). Without them tracefs is
 ///   empty: tracing inside such a guest is lost, nothing else;
+/// - skip `slab_sysfs_init`, the creation of /sys/kernel/slab (some thirty
+///   sysfs files per slab cache: ~5 s of the minimal kernel's emulated
+///   boot, over a minute of Debian's). The caches work as before; only
+///   their sysfs view (slabinfo, slabtop) is missing;
+/// - skip the boot work of Debian's kernel that its `initcall_debug`
+///   timed at minutes here, all of it optional for a guest:
+///   - the kfunc registrations (`cubictcp_register`,
+///     `bpf_tcp_ca_kfunc_init`, `bpf_prog_test_run_init`,
+///     `bpf_rstat_kfunc_init`, `bpf_key_sig_kfuncs_init`, `kfunc_init`):
+///     the first of them parses the kernel's 4 MB of BTF type information,
+///     ~160 s. The guest's BPF programs lose those kfuncs, and TCP's
+///     default congestion control falls back from cubic to reno. A module
+///     with BTF still parses it when it loads;
+///   - the self-tests that `cryptomgr.notests` does not cover:
+///     `crypto_kdf108_init` (~110 s) and `blake2s_mod_init` (~27 s);
+///   - `load_system_certificate_list` (~20 s): without the kernel's
+///     built-in keys a signed module cannot be verified, so it loads
+///     with the "module verification failed" taint (and is refused if
+///     the guest enforces module signatures);
+/// - `noreplace-smp=1`: a kernel that finds one CPU rewrites every LOCK
+///   prefix in its text to a NOP, thousands of emulated text pokes
+///   (~3 s for the minimal kernel). Kernels without the switch pass it to
+///   init's environment, where it is harmless;
 /// - no lockup watchdogs (`watchdog_thresh=0`, which unlike `nowatchdog`
 ///   is not handed to init when a kernel lacks the detectors) and no RCU
 ///   stall warnings (`rcupdate.rcu_cpu_stall_suppress=1`): under emulation
@@ -64,7 +87,12 @@ pub enum PvmError {
 /// as arguments, which would corrupt the command our init runs.
 pub const SLOW_HOST_CMDLINE: &str = "clearcpuid=xsave,popcnt,smap,ssse3,cx16 \
      cryptomgr.notests \
-     initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs \
+     initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,\
+     slab_sysfs_init,\
+     cubictcp_register,bpf_tcp_ca_kfunc_init,bpf_prog_test_run_init,bpf_rstat_kfunc_init,\
+     bpf_key_sig_kfuncs_init,kfunc_init,\
+     crypto_kdf108_init,blake2s_mod_init,load_system_certificate_list \
+     noreplace-smp=1 \
      watchdog_thresh=0 rcupdate.rcu_cpu_stall_suppress=1";
 
 /// The switches for this host: [`SLOW_HOST_CMDLINE`] plus the TSC
@@ -447,8 +475,10 @@ mod tests {
         assert!(c.starts_with("clearcpuid=xsave,popcnt,smap,ssse3,cx16 cryptomgr.notests "));
         assert!(c.ends_with(" rcupdate.rcu_cpu_stall_suppress=1 tsc_early_khz=2600000"));
         assert!(c.contains(
-            " initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs "
+            " initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,\
+             tracer_init_tracefs,slab_sysfs_init,cubictcp_register,"
         ));
+        assert!(c.contains(",load_system_certificate_list noreplace-smp=1 "));
         assert_eq!(default_cmdline(None), SLOW_HOST_CMDLINE);
         for word in c.split_whitespace() {
             assert!(
