@@ -114,51 +114,29 @@ fn minimal_bzimage_with_two_cpus() {
     check_run(&o, &release("minimal"), 2, 0, "\n2");
 }
 
-/// Debian's stock kernel, as far as these hosts let it get in a few
-/// minutes: loaded through its PVH note, its console up on our UART with
-/// kiln's command line, then stopped with SIGTERM (exit code 143, no error).
+/// Debian's stock cloud kernel, unpatched, with no command-line additions
+/// of ours: loaded through its PVH note, its console on our UART with
+/// kiln's command line, it reaches the initramfs's init and runs a command.
+/// On the kvm_pvm test hosts that takes about six minutes (kiln's default
+/// switches there skip its slowest optional boot work; see
+/// SLOW_HOST_CMDLINE), hence the long timeout.
 #[test]
-fn debian_kernel_boots_to_its_console() {
-    let release = release("debian");
-    let kernel = artifact("debian/vmlinux");
-    let initrd = artifact("initramfs.cpio");
-    let mut cmd = common::kiln();
-    cmd.args(["run", "--kernel", kernel.to_str().unwrap()])
-        .args(["--initrd", initrd.to_str().unwrap(), "--cmdline", "-- true"]);
-    let mut r = common::Running::start(cmd);
-    let banner = format!("Linux version {release}");
-    let up = r.wait_for_stdout("printk: console [ttyS0] enabled", Duration::from_secs(900));
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(r.pid(), libc::SIGTERM) };
-    let o = r.wait(Duration::from_secs(960));
-    o.check(up, "the kernel's console came up on the UART");
-    o.check(o.stdout.contains(&banner), "Debian's kernel banner");
-    o.check(
-        o.stdout.contains("Kernel command line: console=ttyS0"),
-        "kiln's command line",
-    );
-    o.check(
-        o.code == Some(143) && o.errors().is_empty(),
-        "stopped by SIGTERM, no error",
-    );
-}
-
-/// Ignored for now: on the kvm_pvm test hosts Debian's kernel reaches init
-/// (since kiln's defaults skip its tracing set-up, on which it blocked in
-/// init_kprobe_trace), but only after twelve to fifteen minutes, most of
-/// it emulated ring 0 (the BTF parse behind cubictcp_register alone takes
-/// about three minutes), too long for every test run. Run it by hand with
-/// `cargo test --release --test linux_boot -- --ignored`.
-#[test]
-#[ignore = "Debian's kernel needs 12-15 minutes to reach init on kvm_pvm hosts"]
 fn debian_kernel_runs_a_command() {
     let release = release("debian");
     let o = boot(
         "debian/vmlinux",
         "initramfs.cpio",
         "1",
-        "uname -r; exit 0",
+        "uname -r; exit 5",
         DEBIAN_TIMEOUT,
     );
-    check_run(&o, &release, 1, 0, &release);
+    o.check(
+        o.stdout.contains(&format!("Linux version {release}")),
+        "Debian's kernel banner",
+    );
+    o.check(
+        o.stdout.contains("Kernel command line: console=ttyS0"),
+        "kiln's command line",
+    );
+    check_run(&o, &release, 1, 5, &format!("\n{release}"));
 }
