@@ -948,6 +948,13 @@ mod tests {
         f
     }
 
+    /// Runs `lsl rax, rbx` with RBX = `selector`; returns RAX.
+    fn lsl_rax_rbx(f: &mut Fake, selector: u64) -> u64 {
+        f.gpr[RBX] = selector;
+        ok(f, &[0x48, 0x0f, 0x03, 0xc3], 4);
+        f.gpr[RAX]
+    }
+
     #[test]
     fn lsl_reads_the_cpunode_limit_like_linux_paranoid_entry() {
         let mut f = gdt_machine();
@@ -967,12 +974,8 @@ mod tests {
     #[test]
     fn lsl_scales_granular_limits_and_accepts_a_tss() {
         let mut f = gdt_machine();
-        f.gpr[RBX] = 0x10; // 4K-granular code segment
-        ok(&mut f, &[0x48, 0x0f, 0x03, 0xc3], 4); // lsl rax, rbx
-        assert_eq!(f.gpr[RAX], 0xffff_ffff);
-        f.gpr[RBX] = 0x40; // 64-bit TSS, limit 0x206f
-        ok(&mut f, &[0x48, 0x0f, 0x03, 0xc3], 4);
-        assert_eq!(f.gpr[RAX], 0x206f);
+        assert_eq!(lsl_rax_rbx(&mut f, 0x10), 0xffff_ffff); // 4K-granular code
+        assert_eq!(lsl_rax_rbx(&mut f, 0x40), 0x206f); // 64-bit TSS
         assert_ne!(f.rflags & ZF, 0);
         // 16-bit operand size keeps the upper bits
         f.gpr[RAX] = 0xaaaa_bbbb_cccc_dddd;
@@ -989,16 +992,12 @@ mod tests {
         // DPL 0 seen from CPL 3, and an LDT selector with no LDT loaded.
         for sel in [0x0u64, 0x3, 0x80, 0x70, 0x10, 0x7c] {
             f.gpr[RAX] = 0x1234;
-            f.gpr[RBX] = sel;
             f.rflags |= ZF | CF;
-            ok(&mut f, &[0x48, 0x0f, 0x03, 0xc3], 4);
-            assert_eq!(f.gpr[RAX], 0x1234, "selector {sel:#x}");
+            assert_eq!(lsl_rax_rbx(&mut f, sel), 0x1234, "selector {sel:#x}");
             assert_eq!(f.rflags & (ZF | CF), CF, "selector {sel:#x}");
         }
         // A DPL-3 segment is readable from CPL 3.
-        f.gpr[RBX] = 0x7b;
-        ok(&mut f, &[0x48, 0x0f, 0x03, 0xc3], 4);
-        assert_eq!(f.gpr[RAX], 0x2001);
+        assert_eq!(lsl_rax_rbx(&mut f, 0x7b), 0x2001);
     }
 
     #[test]
