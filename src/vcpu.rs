@@ -270,7 +270,12 @@ impl Vcpu {
     /// and give the host repairs their chance to act.
     fn on_tick(&mut self) -> Next {
         if log::log_enabled!(log::Level::Debug) {
-            log::debug!("vCPU {}: tick at {}", self.id, self.where_am_i());
+            log::debug!(
+                "vCPU {}: tick at {}{}",
+                self.id,
+                self.where_am_i(),
+                self.call_chain()
+            );
         }
         if let Some(r) = self.repairs.as_mut() {
             if let Err(e) = r.on_tick(&self.fd) {
@@ -337,20 +342,24 @@ impl Vcpu {
     }
 
     fn where_am_i(&self) -> String {
-        let mut s = match self.fd.get_regs() {
+        match self.fd.get_regs() {
             Ok(r) => format!("RIP {:#x}", r.rip),
             Err(_) => "an unknown RIP".to_string(),
-        };
-        if let Some(r) = &self.repairs {
-            let frames = r.frames(&self.fd, 12);
-            if !frames.is_empty() {
-                s.push_str(" via");
-                for f in frames {
-                    s.push_str(&format!(" {f:#x}"));
-                }
-            }
         }
-        s
+    }
+
+    /// The frame-pointer chain behind RIP (" via ADDR ..."), for the `-vv`
+    /// tick lines a profile is made of; empty without host repairs.
+    fn call_chain(&self) -> String {
+        let frames = match &self.repairs {
+            Some(r) => r.frames(&self.fd, 12),
+            None => Vec::new(),
+        };
+        if frames.is_empty() {
+            return String::new();
+        }
+        let addrs: Vec<String> = frames.iter().map(|f| format!("{f:#x}")).collect();
+        format!(" via {}", addrs.join(" "))
     }
 
     /// Host-repair counters, if repairs are on.
