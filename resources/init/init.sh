@@ -23,30 +23,11 @@ umask 022
 # nested kvm_pvm host each one costs about a second of emulated kernel
 # work, so this script uses shell builtins wherever it can.
 
-is_mounted() { # DIR
-    [ -r /proc/mounts ] || return 1
-    while read -r _ dir _; do
-        [ "$dir" = "$1" ] && return 0
-    done </proc/mounts
-    return 1
-}
-mount_fs() { # TYPE DIR [OPTIONS]
-    is_mounted "$2" && return 0
-    [ -d "$2" ] || mkdir -p "$2"
-    mount -t "$1" ${3:+-o "$3"} "$1" "$2" || echo "KILN-INIT: mounting $1 on $2 failed"
-}
-
 # One process mounts them all: busybox's mount -a mounts /etc/fstab's
-# entries in order (proc first) and skips those already mounted (the
-# kernel mounts devtmpfs on /dev by itself when the root is a disk).
-if [ -r /etc/fstab ]; then
-    mount -a || echo "KILN-INIT: mount -a failed"
-else
-    mount_fs proc /proc
-    mount_fs sysfs /sys
-    mount_fs devtmpfs /dev
-    mount_fs tmpfs /tmp mode=1777
-fi
+# entries (resources/lib/busybox-tree.sh writes it) in order, proc first,
+# and skips those already mounted (the kernel mounts devtmpfs on /dev by
+# itself when the root is a disk).
+mount -a || echo "KILN-INIT: mount -a failed"
 
 devmem 0xc0000000 8 123 2>/dev/null || true
 
