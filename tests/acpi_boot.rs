@@ -87,18 +87,13 @@ fn artifact(rel: &str) -> PathBuf {
     )
 }
 
-/// `kiln run` arguments that boot the acpi kernel with the initramfs,
-/// which runs `command`, plus `extra`.
+/// `kiln run` arguments that boot `kernel` with `initrd` (build/guest/
+/// paths), which runs `command`, plus `extra`.
 ///
 /// `rcupdate.rcu_cpu_stall_suppress=1` (also a kiln default on kvm_pvm
 /// hosts, given here for hardware KVM too): with several vCPUs on a loaded
 /// 2-core nested host, RCU stall warnings are routine, and each one's NMI
 /// backtraces cost time.
-fn acpi_kernel_args(kernel: &str, command: &str, extra: &[&str]) -> Vec<String> {
-    kernel_args(kernel, "initramfs.cpio", command, extra)
-}
-
-/// `kiln run` arguments for `kernel` and `initrd` (build/guest/ paths).
 fn kernel_args(kernel: &str, initrd: &str, command: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "run".into(),
@@ -134,8 +129,9 @@ fn acpi_came_up(o: &Outcome) {
 /// come up, and a reboot still ends the run through the i8042.
 #[test]
 fn acpi_kernel_brings_up_four_cpus() {
-    let args = acpi_kernel_args(
+    let args = kernel_args(
         "acpi/vmlinux",
+        "initramfs.cpio",
         "grep -c ^processor /proc/cpuinfo",
         &["--cpus", "4"],
     );
