@@ -78,6 +78,8 @@ pub enum Next {
     EmulationFailure,
     /// A debug exit (hardware breakpoint or single step).
     Debug(kvm_bindings::kvm_debug_exit_arch),
+    /// A guest MSR write KVM handed to kiln (index, value).
+    MsrWrite(u32, u64),
     /// A KVM exit kiln does not handle (its name).
     Unhandled(&'static str),
 }
@@ -129,6 +131,7 @@ pub fn dispatch(exit: VcpuExit, pio: &Bus, mmio: &Bus, stats: &mut ExitStats) ->
         VcpuExit::Exception => Next::Unhandled("KVM_EXIT_EXCEPTION"),
         VcpuExit::Debug(arch) => Next::Debug(arch),
         VcpuExit::Hypercall(_) => Next::Unhandled("KVM_EXIT_HYPERCALL"),
+        VcpuExit::X86Wrmsr(exit) => Next::MsrWrite(exit.index, exit.data),
         VcpuExit::Unknown => Next::Unhandled("KVM_EXIT_UNKNOWN"),
         _ => Next::Unhandled("an unexpected KVM exit"),
     }
@@ -247,6 +250,7 @@ impl Vcpu {
             let next = match next {
                 Next::EmulationFailure => self.on_emulation_failure(),
                 Next::Debug(arch) => self.on_debug(&arch),
+                Next::MsrWrite(index, value) => self.on_msr_write(index, value),
                 Next::Unhandled(name) => Next::Stop(self.fatal(format!("unhandled {name}"))),
                 Next::Continue => self.after_exit(),
                 stop @ Next::Stop(_) => stop,
@@ -317,6 +321,24 @@ impl Vcpu {
                 Err(e) => Next::Stop(self.fatal(e)),
             },
             None => Next::Stop(self.fatal(format!("KVM_EXIT_INTERNAL_ERROR ({failure})"))),
+        }
+    }
+
+    /// Only the TSC-deadline writes the host repairs intercept come here.
+    fn on_msr_write(&mut self, index: u32, value: u64) -> Next {
+        let result = match self.repairs.as_mut() {
+            Some(r) if index == pvm::timer::MSR_IA32_TSC_DEADLINE => {
+                r.on_deadline_write(&self.fd, value)
+            }
+            _ => {
+                return Next::Stop(self.fatal(format!(
+                    "unhandled KVM_EXIT_X86_WRMSR (MSR {index:#x} <- {value:#x})"
+                )))
+            }
+        };
+        match result {
+            Ok(()) => Next::Continue,
+            Err(e) => Next::Stop(self.fatal(e)),
         }
     }
 
@@ -566,6 +588,23 @@ mod tests {
         assert_eq!(
             dispatch(VcpuExit::InternalError, &pio, &mmio, &mut st),
             Next::EmulationFailure
+        );
+    }
+
+    #[test]
+    fn msr_writes_go_to_the_run_loop() {
+        let (pio, mmio, _) = buses();
+        let mut st = ExitStats::default();
+        let mut error = 0u8;
+        let exit = VcpuExit::X86Wrmsr(kvm_ioctls::WriteMsrExit {
+            error: &mut error,
+            reason: kvm_ioctls::MsrExitReason::Filter,
+            index: 0x6e0,
+            data: 1234,
+        });
+        assert_eq!(
+            dispatch(exit, &pio, &mmio, &mut st),
+            Next::MsrWrite(0x6e0, 1234)
         );
     }
 

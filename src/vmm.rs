@@ -79,6 +79,9 @@ pub enum VmmError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The timer pacing of a kvm_pvm host could not be set up.
+    #[error(transparent)]
+    Timer(#[from] pvm::timer::TimerError),
 }
 
 /// kiln's own defaults for every guest.
@@ -280,10 +283,15 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
     // 7. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
     crate::vcpu::kick::install_handler().map_err(VmmError::EventFd)?;
     let emulation_lock = pvm::EmulationLock::default();
+    let timer_gap = if repairs_on {
+        pvm::timer::pace(&vm.fd, vm.tsc_khz())?
+    } else {
+        0
+    };
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.cpus).zip(std::mem::take(&mut vm.vcpu_fds)) {
-        let repairs =
-            repairs_on.then(|| pvm::HostRepairs::new(vm.mem.clone(), emulation_lock.clone()));
+        let repairs = repairs_on
+            .then(|| pvm::HostRepairs::new(vm.mem.clone(), emulation_lock.clone(), timer_gap));
         vcpus.push(Vcpu::new(
             &kvm,
             fd,

@@ -237,3 +237,45 @@ fn emulated_instructions_give_architectural_results() {
         }
     }
 }
+
+/// The number in "kiln-payload: timer fired after N cycles", if any.
+fn timer_cycles(o: &Outcome) -> Option<u64> {
+    let rest = o.stdout.split(&line("timer fired after ")).nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The TSC-cycle gap kiln logs when it paces the guest's timer.
+fn paced_gap(o: &Outcome) -> Option<u64> {
+    let rest = o.stderr.split("guest timer paced: ").nth(1)?;
+    let cycles = rest.split('(').nth(1)?;
+    cycles.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn the_tsc_deadline_timer_interrupts_and_is_paced_where_repairs_are_on() {
+    let o = boot("timer", &["-v"]);
+    o.check(o.code == Some(0), "the timer run ends with a reset");
+    if o.stdout.contains(&line("timer skipped")) {
+        return; // no x2APIC or TSC-deadline timer offered on this host
+    }
+    let waited = timer_cycles(&o);
+    o.check(waited.is_some(), "the timer interrupt arrived");
+    if o.stderr.contains("host repairs on") {
+        let gap = paced_gap(&o);
+        o.check(gap.is_some(), "kiln logged the pacing gap");
+        o.check(
+            waited.unwrap() >= gap.unwrap(),
+            &format!(
+                "the interrupt came no sooner than the gap ({} >= {})",
+                waited.unwrap(),
+                gap.unwrap()
+            ),
+        );
+        o.check(
+            o.stderr.contains("timer_writes=1 timer_deferred=1"),
+            "kiln armed the one deadline itself, later",
+        );
+    } else {
+        o.check(paced_gap(&o).is_none(), "no pacing without host repairs");
+    }
+}

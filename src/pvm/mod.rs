@@ -2,14 +2,19 @@
 //! hosts"). On such a host a stock guest kernel's ring 0 runs through the
 //! host's instruction emulator, which gives up on some instructions,
 //! spins on VMCALL, and breaks SYSCALL. kiln detects the host once and
-//! then enters this module from exactly three places: vCPU setup
-//! ([`HostRepairs::patch_cpuid`]), emulation failures
-//! ([`HostRepairs::on_emulation_failure`]) and the periodic tick
-//! ([`HostRepairs::on_tick`]). On any other host none of it exists.
+//! then enters this module from exactly these places: VM setup
+//! ([`timer::pace`]), vCPU setup ([`HostRepairs::patch_cpuid`]), emulation
+//! failures ([`HostRepairs::on_emulation_failure`]), debug exits
+//! ([`HostRepairs::on_debug`], the SYSCALL repair) and the exits that may
+//! arm it ([`HostRepairs::after_io_exit`]), the guest's
+//! TSC-deadline writes ([`HostRepairs::on_deadline_write`]) and the
+//! periodic tick ([`HostRepairs::on_tick`]). On any other host none of it
+//! exists.
 
 pub mod emulate;
 mod machine;
 pub mod syscall;
+pub mod timer;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +42,9 @@ pub enum PvmError {
     /// An ioctl used to read or write vCPU state failed.
     #[error("cannot {0} the vCPU state: {1}")]
     VcpuState(&'static str, kvm_ioctls::Error),
+    /// Arming the guest's timer failed.
+    #[error(transparent)]
+    Timer(#[from] timer::TimerError),
 }
 
 /// Kernel command-line switches a stock kernel needs here:
@@ -271,14 +279,24 @@ pub struct HostRepairs {
     pub syscalls: u64,
     /// Page faults passed on to the guest untouched.
     pub faults_passed: u64,
+    /// Minimum TSC cycles from a guest's TSC-deadline write to its timer
+    /// interrupt (0: the writes are not intercepted).
+    timer_gap: u64,
+    /// TSC-deadline writes seen, and those kiln moved later.
+    pub timer_writes: u64,
+    /// See `timer_writes`.
+    pub timer_deferred: u64,
 }
 
 impl HostRepairs {
     /// Repairs for a vCPU of a VM with guest memory `mem`.
-    pub fn new(mem: GuestMemoryMmap, emulation_lock: EmulationLock) -> Self {
+    pub fn new(mem: GuestMemoryMmap, emulation_lock: EmulationLock, timer_gap: u64) -> Self {
         HostRepairs {
             mem,
             emulation_lock,
+            timer_gap,
+            timer_writes: 0,
+            timer_deferred: 0,
             armed_at: None,
             stepping: false,
             emulated: BTreeMap::new(),
@@ -311,6 +329,16 @@ impl HostRepairs {
         let outcome = emulate::emulate(&mut m, bytes)?;
         m.apply(outcome)?;
         *self.emulated.entry(mnemonic(bytes)).or_default() += 1;
+        Ok(())
+    }
+
+    /// The guest wrote IA32_TSC_DEADLINE (intercepted, see [`timer`]): arm
+    /// its timer, no sooner than the gap.
+    pub fn on_deadline_write(&mut self, fd: &VcpuFd, deadline: u64) -> Result<(), PvmError> {
+        self.timer_writes += 1;
+        if timer::arm_deadline(fd, deadline, self.timer_gap)? {
+            self.timer_deferred += 1;
+        }
         Ok(())
     }
 
@@ -439,8 +467,8 @@ impl HostRepairs {
     /// One line of counters for `--verbose`.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "syscalls={} faults_passed={} vmcall={}",
-            self.syscalls, self.faults_passed, self.vmcalls
+            "syscalls={} faults_passed={} vmcall={} timer_writes={} timer_deferred={}",
+            self.syscalls, self.faults_passed, self.vmcalls, self.timer_writes, self.timer_deferred
         );
         for (name, n) in &self.emulated {
             s.push_str(&format!(" {name}={n}"));

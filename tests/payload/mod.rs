@@ -3,7 +3,7 @@
 //! integration test with `#[path = "payload/mod.rs"] mod payload;`.
 //!
 //! The payload reads `payload=MODE` from its command line (hello, echo,
-//! halt, triple, spin, badport, insns, acpi) and prints `kiln-payload: ...` lines
+//! halt, triple, spin, badport, insns, acpi, timer) and prints `kiln-payload: ...` lines
 //! on COM1; see the comments in payload.S for what each mode does.
 #![allow(dead_code)]
 

@@ -33,7 +33,8 @@
 #define ACPI_SLEEP_CTL  0x600           /* FADT sleep-control register (port) */
 #define ACPI_S5_SLEEP   0x34            /* SLP_TYP 5 (\_S5) << 2 | SLP_EN */
 
-#define BP_CMD_LINE_PTR 0x228           /* boot_params.hdr.cmd_line_ptr (u32) */
+#define BP_CMD_LINE_PTR 0x228
+#define IDT_VECTORS     64              /* the exceptions and TIMER_VECTOR */           /* boot_params.hdr.cmd_line_ptr (u32) */
 
 /* ---- CPU bits the tests look at --------------------------------------- */
 #define CPUID1_ECX_CX16    13           /* CMPXCHG16B */
@@ -47,6 +48,16 @@
 /* CF|PF|AF|ZF|SF|OF: the six status flags POPCNT and CMPXCHG16B write */
 #define STATUS_FLAGS    0x8d5
 #define MSR_GS_BASE     0xc0000101
+#define CPUID1_ECX_X2APIC       21
+#define CPUID1_ECX_TSC_DEADLINE 24
+#define MSR_APIC_BASE   0x1b
+#define APIC_BASE_X2APIC 0xc00          /* global enable | x2APIC mode */
+#define MSR_X2APIC_EOI  0x80b
+#define MSR_X2APIC_SVR  0x80f
+#define MSR_X2APIC_LVTT 0x832
+#define MSR_TSC_DEADLINE 0x6e0
+#define TIMER_VECTOR    0x30
+#define LVTT_TSC_DEADLINE (2 << 17)
 
 /* Test results, returned in %eax by every insn_* routine. */
 #define OK      0
@@ -210,6 +221,80 @@ reset:
         hlt
         jmp     1b
 
+/* timer: arm the local APIC's TSC-deadline timer 1,000 TSC cycles ahead,
+ * wait for its interrupt with HLT and report how many cycles it took
+ * ("timer fired after N cycles"), then reset. kiln's pacing on kvm_pvm
+ * hosts must make that at least its minimum gap; elsewhere it is short.
+ * Without x2APIC or the TSC-deadline timer: "timer skipped". */
+mode_timer:
+        leaq    s_timer(%rip), %rsi
+        call    puts
+        movl    $1, %eax
+        cpuid
+        btl     $CPUID1_ECX_X2APIC, %ecx
+        jnc     1f
+        btl     $CPUID1_ECX_TSC_DEADLINE, %ecx
+        jnc     1f
+        call    setup_idt
+        movl    $TIMER_VECTOR, %edi
+        leaq    irq_timer(%rip), %rax
+        call    set_gate
+        movl    $MSR_APIC_BASE, %ecx
+        rdmsr
+        orl     $APIC_BASE_X2APIC, %eax
+        wrmsr
+        movl    $MSR_X2APIC_SVR, %ecx   /* software-enable, spurious 0xff */
+        movl    $0x1ff, %eax
+        xorl    %edx, %edx
+        wrmsr
+        movl    $MSR_X2APIC_LVTT, %ecx
+        movl    $(TIMER_VECTOR | LVTT_TSC_DEADLINE), %eax
+        wrmsr
+        rdtsc
+        shlq    $32, %rdx
+        orq     %rax, %rdx
+        movq    %rdx, timer_armed(%rip)
+        leaq    1000(%rdx), %rax
+        movq    %rax, %rdx
+        shrq    $32, %rdx
+        movl    $MSR_TSC_DEADLINE, %ecx
+        wrmsr
+2:      cli                             /* sti;hlt: no wake-up is lost */
+        cmpq    $0, timer_fired(%rip)
+        jne     3f
+        sti
+        hlt
+        jmp     2b
+3:      leaq    s_timer_fired(%rip), %rsi
+        call    puts
+        movq    timer_fired(%rip), %rax
+        subq    timer_armed(%rip), %rax
+        call    putu
+        leaq    s_cycles(%rip), %rsi
+        call    puts
+        jmp     reset
+1:      leaq    s_timer_skipped(%rip), %rsi
+        call    puts
+        jmp     reset
+
+/* The timer interrupt: note the TSC, end the interrupt. */
+irq_timer:
+        pushq   %rax
+        pushq   %rcx
+        pushq   %rdx
+        rdtsc
+        shlq    $32, %rdx
+        orq     %rdx, %rax
+        movq    %rax, timer_fired(%rip)
+        movl    $MSR_X2APIC_EOI, %ecx
+        xorl    %eax, %eax
+        xorl    %edx, %edx
+        wrmsr
+        popq    %rdx
+        popq    %rcx
+        popq    %rax
+        iretq
+
 /* ---- serial I/O --------------------------------------------------------- */
 
 /* putc: write the byte in %al to COM1. Clobbers %dx. */
@@ -254,6 +339,21 @@ putn:
         decq    %rcx
         jmp     putn
 1:      ret
+
+/* putu: write %rax in decimal. Clobbers %rax, %rcx, %rdx, %rsi, %rdi. */
+putu:
+        leaq    numbuf_end(%rip), %rsi
+        movl    $10, %edi
+1:      xorl    %edx, %edx
+        divq    %rdi
+        addb    $'0', %dl
+        decq    %rsi
+        movb    %dl, (%rsi)
+        testq   %rax, %rax
+        jnz     1b
+        leaq    numbuf_end(%rip), %rcx
+        subq    %rsi, %rcx
+        jmp     putn                    /* tail call */
 
 /* ---- command line ------------------------------------------------------- */
 
@@ -714,9 +814,10 @@ skip:   movl    $SKIPPED, %eax
         ret
 
 /* ---- a minimal 64-bit IDT ------------------------------------------------
- * 32 interrupt gates (the CPU exceptions). Vector 3 counts breakpoints,
- * 6 (#UD) and 13 (#GP) let run_test survive a faulting instruction, and
- * everything else is reported as unexpected. The gates are filled in at
+ * 32 interrupt gates for the CPU exceptions (room for IDT_VECTORS: the
+ * timer mode adds its interrupt). Vector 3 counts breakpoints, 6 (#UD)
+ * and 13 (#GP) let run_test survive a faulting instruction, and every
+ * other exception is reported as unexpected. The gates are filled in at
  * run time because the assembler cannot split a symbol's address into
  * the gate's three offset fields. */
 
@@ -804,6 +905,7 @@ mode_table:
         .quad   m_badport, mode_badport
         .quad   m_acpi, mode_acpi
         .quad   m_insns, mode_insns
+        .quad   m_timer, mode_timer
         .quad   0, 0
 
 /* An IDT with limit 0: no vector is usable (for the triple mode). */
@@ -815,7 +917,7 @@ empty_idtr:
 /* The IDT descriptor: limit, base. */
         .balign 8
 idtr:
-        .word   32 * 16 - 1
+        .word   IDT_VECTORS * 16 - 1
         .quad   idt
 
 m_hello:        .asciz "hello"
@@ -826,6 +928,7 @@ m_spin:         .asciz "spin"
 m_badport:      .asciz "badport"
 m_acpi:         .asciz "acpi"
 m_insns:        .asciz "insns"
+m_timer:        .asciz "timer"
 
 s_key:          .asciz "payload="
 s_hello_mode:   .asciz "hello"
@@ -845,6 +948,10 @@ s_unknown:      .asciz "kiln-payload: unknown mode\n"
 s_insns:        .asciz "kiln-payload: testing instructions\n"
 s_insns_done:   .asciz "kiln-payload: insns done\n"
 s_unexpected:   .asciz "kiln-payload: unexpected exception\n"
+s_timer:        .asciz "kiln-payload: arming the TSC-deadline timer\n"
+s_timer_fired:  .asciz "kiln-payload: timer fired after "
+s_cycles:       .asciz " cycles\n"
+s_timer_skipped: .asciz "kiln-payload: timer skipped\n"
 s_insn:         .asciz "kiln-payload: insn "
 s_ok:           .asciz " ok"
 s_fail:         .asciz " FAIL"
@@ -889,7 +996,11 @@ lsl_sel:        .quad 0         /* LSL's memory operand */
         .balign 16
 cx16_buf:       .quad 0, 0      /* CMPXCHG16B needs 16-byte alignment */
 gs_buf:         .quad 0, 0
-idt:            .fill 32 * 16, 1, 0
+idt:            .fill IDT_VECTORS * 16, 1, 0
+timer_armed:    .quad 0         /* TSC when the timer was armed */
+timer_fired:    .quad 0         /* TSC in its interrupt (0: not yet) */
+numbuf:         .fill 20, 1, 0  /* putu's digits */
+numbuf_end:
 
 /* ======================================================================= */
         .section .bss
