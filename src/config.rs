@@ -12,6 +12,9 @@ use crate::cli::RunArgs;
 /// Bad user input. All of these end kiln with exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// KILN_TIMER_GAP_MS is not a number of milliseconds kiln accepts.
+    #[error("KILN_TIMER_GAP_MS={0:?} is not a whole number of milliseconds from 0 (no timer pacing) to {max}", max = crate::pvm::timer::MAX_GAP_MS)]
+    TimerGap(String),
     /// A file could not be opened.
     #[error("cannot open {what} {path}: {source}; check the path and its permissions")]
     Open {
@@ -158,6 +161,9 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// 0 = normal, 1 = -v, 2 = -vv.
     pub verbosity: u8,
+    /// On kvm_pvm hosts: the least time from a guest timer write to its
+    /// interrupt (`KILN_TIMER_GAP_MS`, see `pvm::timer`).
+    pub timer_gap: std::time::Duration,
 }
 
 /// Smallest guest kiln will build.
@@ -365,6 +371,9 @@ impl VmConfig {
             .iter()
             .map(|s| parse_net(s))
             .collect::<Result<Vec<_>, _>>()?;
+        let gap_env = std::env::var("KILN_TIMER_GAP_MS").ok();
+        let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
+            .ok_or_else(|| ConfigError::TimerGap(gap_env.unwrap_or_default()))?;
         Ok(VmConfig {
             kernel: args.kernel.clone(),
             initrd: args.initrd.clone(),
@@ -378,6 +387,7 @@ impl VmConfig {
             nets,
             kvm_device: args.kvm_device.clone(),
             verbosity: args.verbose,
+            timer_gap,
         })
     }
 }

@@ -79,9 +79,6 @@ pub enum VmmError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
-    /// The timer pacing of a kvm_pvm host could not be set up.
-    #[error(transparent)]
-    Timer(#[from] pvm::timer::TimerError),
 }
 
 /// kiln's own defaults for every guest.
@@ -284,7 +281,7 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
     crate::vcpu::kick::install_handler().map_err(VmmError::EventFd)?;
     let emulation_lock = pvm::EmulationLock::default();
     let timer_gap = if repairs_on {
-        pvm::timer::pace(&vm.fd, vm.tsc_khz())?
+        pvm::timer::pace(&vm.fd, vm.tsc_khz(), config.timer_gap)
     } else {
         0
     };

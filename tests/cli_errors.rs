@@ -252,3 +252,20 @@ fn bad_net_options() {
     let o = run_kiln(&["--net", "tap=kiln-nosuch0,mac=01:00:5e:00:00:01"]);
     expect_usage_error(&o, "multicast");
 }
+
+#[test]
+fn bad_timer_gap() {
+    let k = payload();
+    for bad in ["fast", "-5", "1001", ""] {
+        let mut cmd = common::kiln();
+        cmd.env("KILN_TIMER_GAP_MS", bad).args([
+            "run",
+            "--kernel",
+            &k,
+            "--cmdline",
+            "payload=hello",
+        ]);
+        let o = common::Running::start(cmd).wait(TIMEOUT);
+        expect_usage_error(&o, "KILN_TIMER_GAP_MS");
+    }
+}
