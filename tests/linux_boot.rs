@@ -163,9 +163,8 @@ fn debian_kernel_runs_a_command() {
     // kiln stopped.
     let guest_now: Option<u64> = o
         .stdout
-        .split("guest-clock=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next()?.parse().ok());
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("guest-clock=")?.parse().ok());
     o.check(guest_now.is_some(), "the guest printed its clock");
     let lag = host_now as i64 - guest_now.unwrap() as i64;
     o.check(
