@@ -31,8 +31,9 @@ const MSR_IA32_TSC: u32 = 0x10;
 /// no pacing 347.6 s to init against 238.1 s with 20 ms, and 266.4 s with
 /// 20 ms against 219.0 s with 50 ms. A late tick does more work (~7-8 ms
 /// of emulated ring 0 each, counted from the writes per second), so the
-/// gap keeps paying beyond the tick period; 50 ms (an HZ=20 tick) is
-/// where the guest's timers stay usable.
+/// gap keeps paying beyond the tick period; 50 ms (the tick of an HZ=20
+/// kernel) is where it stops: a guest timer is then at most a twentieth
+/// of a second late.
 pub const MIN_GAP: Duration = Duration::from_millis(50);
 
 /// The largest gap `KILN_TIMER_GAP_MS` may ask for: beyond a second the
