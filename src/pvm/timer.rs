@@ -91,6 +91,9 @@ pub enum TimerError {
     /// Reading the guest TSC or writing the deadline failed.
     #[error("cannot {0} the guest's TSC deadline timer: {1}")]
     Vcpu(&'static str, kvm_ioctls::Error),
+    /// KVM_SET_MSRS took no entry.
+    #[error("KVM did not take the guest's TSC deadline {0:#x}")]
+    NotArmed(u64),
 }
 
 /// The deadline to arm for a guest write of `requested`, at guest TSC
@@ -147,7 +150,12 @@ pub fn arm_deadline(fd: &VcpuFd, requested: u64, min_gap: u64) -> Result<bool, T
         ..Default::default()
     }])
     .expect("one MSR entry fits");
-    fd.set_msrs(&msrs).map_err(|e| TimerError::Vcpu("arm", e))?;
+    let written = fd.set_msrs(&msrs).map_err(|e| TimerError::Vcpu("arm", e))?;
+    if written != 1 {
+        // KVM refused the value: the guest would wait for a timer that
+        // never fires.
+        return Err(TimerError::NotArmed(deadline));
+    }
     Ok(deadline != requested)
 }
 
