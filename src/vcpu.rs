@@ -599,12 +599,12 @@ mod tests {
         let exit = VcpuExit::X86Wrmsr(kvm_ioctls::WriteMsrExit {
             error: &mut error,
             reason: kvm_ioctls::MsrExitReason::Filter,
-            index: 0x6e0,
+            index: pvm::timer::MSR_IA32_TSC_DEADLINE,
             data: 1234,
         });
         assert_eq!(
             dispatch(exit, &pio, &mmio, &mut st),
-            Next::MsrWrite(0x6e0, 1234)
+            Next::MsrWrite(pvm::timer::MSR_IA32_TSC_DEADLINE, 1234)
         );
     }
 

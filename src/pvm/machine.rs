@@ -15,6 +15,19 @@ const RFLAGS_RF: u64 = 1 << 16;
 /// -KVM_ENOSYS: what KVM returns for an unknown hypercall.
 const KVM_ENOSYS: u64 = 1000;
 
+/// Reads one MSR of vCPU `fd` (None if KVM does not return it).
+pub fn read_msr(fd: &VcpuFd, index: u32) -> Option<u64> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .ok()?;
+    match fd.get_msrs(&mut msrs) {
+        Ok(1) => Some(msrs.as_slice()[0].data),
+        _ => None,
+    }
+}
+
 /// A vCPU snapshot the emulator works on.
 pub struct VcpuMachine<'a> {
     fd: &'a VcpuFd,
@@ -142,15 +155,7 @@ impl<'a> VcpuMachine<'a> {
 
     /// Reads one MSR.
     pub fn read_msr(&self, index: u32) -> Option<u64> {
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            ..Default::default()
-        }])
-        .ok()?;
-        match self.fd.get_msrs(&mut msrs) {
-            Ok(1) => Some(msrs.as_slice()[0].data),
-            _ => None,
-        }
+        read_msr(self.fd, index)
     }
 
     /// The guest's page-fault handler, from IDT[14], once it has an IDT.

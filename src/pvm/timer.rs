@@ -88,9 +88,12 @@ pub enum TimerError {
     /// KVM refused the MSR filter or the user-space MSR exits.
     #[error("cannot intercept the guest's TSC-deadline writes: {0}")]
     Intercept(kvm_ioctls::Error),
-    /// Reading the guest TSC or writing the deadline failed.
-    #[error("cannot {0} the guest's TSC deadline timer: {1}")]
-    Vcpu(&'static str, kvm_ioctls::Error),
+    /// KVM did not return the guest's TSC.
+    #[error("cannot read the guest's TSC to pace its timer")]
+    NoTsc,
+    /// Writing the deadline failed.
+    #[error("cannot arm the guest's TSC deadline timer: {0}")]
+    Arm(kvm_ioctls::Error),
     /// KVM_SET_MSRS took no entry.
     #[error("KVM did not take the guest's TSC deadline {0:#x}")]
     NotArmed(u64),
@@ -134,14 +137,7 @@ pub fn arm_deadline(fd: &VcpuFd, requested: u64, min_gap: u64) -> Result<bool, T
     let now = if requested == 0 {
         0
     } else {
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index: MSR_IA32_TSC,
-            ..Default::default()
-        }])
-        .expect("one MSR entry fits");
-        fd.get_msrs(&mut msrs)
-            .map_err(|e| TimerError::Vcpu("read the TSC for", e))?;
-        msrs.as_slice()[0].data
+        super::machine::read_msr(fd, MSR_IA32_TSC).ok_or(TimerError::NoTsc)?
     };
     let deadline = paced_deadline(requested, now, min_gap);
     let msrs = Msrs::from_entries(&[kvm_msr_entry {
@@ -150,7 +146,7 @@ pub fn arm_deadline(fd: &VcpuFd, requested: u64, min_gap: u64) -> Result<bool, T
         ..Default::default()
     }])
     .expect("one MSR entry fits");
-    let written = fd.set_msrs(&msrs).map_err(|e| TimerError::Vcpu("arm", e))?;
+    let written = fd.set_msrs(&msrs).map_err(TimerError::Arm)?;
     if written != 1 {
         // KVM refused the value: the guest would wait for a timer that
         // never fires.
