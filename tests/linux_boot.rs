@@ -132,9 +132,10 @@ fn minimal_bzimage_with_two_cpus() {
 /// Debian's stock cloud kernel, unpatched, with no command-line additions
 /// of ours: loaded through its PVH note, its console on our UART with
 /// kiln's command line, it reaches the initramfs's init and runs a command.
-/// On the kvm_pvm test hosts that takes four to five minutes (kiln's default
-/// switches there skip its slowest optional boot work; see
-/// SLOW_HOST_CMDLINE), hence the long timeout.
+/// On the kvm_pvm test hosts that takes about three and a half minutes
+/// (kiln's default switches there skip its slowest optional boot work, see
+/// SLOW_HOST_CMDLINE, and it paces the guest's timer), hence the long
+/// timeout.
 #[test]
 fn debian_kernel_runs_a_command() {
     let release = release("debian");

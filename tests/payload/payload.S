@@ -33,8 +33,8 @@
 #define ACPI_SLEEP_CTL  0x600           /* FADT sleep-control register (port) */
 #define ACPI_S5_SLEEP   0x34            /* SLP_TYP 5 (\_S5) << 2 | SLP_EN */
 
-#define BP_CMD_LINE_PTR 0x228
-#define IDT_VECTORS     64              /* the exceptions and TIMER_VECTOR */           /* boot_params.hdr.cmd_line_ptr (u32) */
+#define BP_CMD_LINE_PTR 0x228           /* boot_params.hdr.cmd_line_ptr (u32) */
+#define IDT_VECTORS     64              /* the exceptions and TIMER_VECTOR */
 
 /* ---- CPU bits the tests look at --------------------------------------- */
 #define CPUID1_ECX_CX16    13           /* CMPXCHG16B */
