@@ -53,6 +53,13 @@ pub struct RunArgs {
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     pub nets: Vec<String>,
 
+    /// A virtio-vsock device whose host side is the Unix socket PATH
+    /// (Firecracker's convention: connect to PATH and send `CONNECT
+    /// <port>\n` to reach a guest port; guest connections to the host,
+    /// CID 2, port P go to PATH_P). The guest's CID is 3 unless given.
+    #[arg(long, value_name = "PATH[,cid=N]")]
+    pub vsock: Option<String>,
+
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,

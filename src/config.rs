@@ -97,6 +97,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         why: String,
     },
+    /// A --vsock option did not parse.
+    #[error("invalid --vsock '{spec}': {why}; use PATH[,cid=N] with N from 3 to 4294967294")]
+    VsockSpec {
+        /// What was given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// --console did not parse.
     #[error("invalid --console '{0}': use stdio, none or file:PATH")]
     Console(String),
@@ -134,6 +142,15 @@ pub struct NetConfig {
     pub mac: Option<String>,
 }
 
+/// The --vsock device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The host-side Unix socket.
+    pub path: PathBuf,
+    /// The guest's context ID.
+    pub cid: u64,
+}
+
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -157,6 +174,8 @@ pub struct VmConfig {
     pub root_disk: bool,
     /// virtio network cards, in guest order.
     pub nets: Vec<NetConfig>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
     /// /dev/kvm.
     pub kvm_device: PathBuf,
     /// 0 = normal, 1 = -v, 2 = -vv.
@@ -255,6 +274,41 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     }
     let tap = tap.ok_or_else(|| bad("no tap=NAME"))?;
     Ok(NetConfig { tap, mac })
+}
+
+/// Parses --vsock: `PATH[,cid=N]`.
+pub fn parse_vsock(spec: &str) -> Result<VsockConfig, ConfigError> {
+    let bad = |why: &str| ConfigError::VsockSpec {
+        spec: spec.to_string(),
+        why: why.to_string(),
+    };
+    let mut parts = spec.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(bad("no socket path"));
+    }
+    let mut cid = devices::virtio::vsock::DEFAULT_CID;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("cid", n)) => {
+                cid = n
+                    .parse()
+                    .ok()
+                    .filter(|&c| c > 2 && c < u64::from(u32::MAX))
+                    .ok_or_else(|| bad(&format!("cid '{n}' is not a guest CID")))?;
+            }
+            _ => return Err(bad(&format!("unknown option '{opt}'"))),
+        }
+    }
+    let path = PathBuf::from(path);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(bad(&format!("directory {} does not exist", dir.display())));
+    }
+    Ok(VsockConfig { path, cid })
 }
 
 /// Parses --console.
@@ -371,6 +425,7 @@ impl VmConfig {
             .iter()
             .map(|s| parse_net(s))
             .collect::<Result<Vec<_>, _>>()?;
+        let vsock = args.vsock.as_deref().map(parse_vsock).transpose()?;
         let gap_env = std::env::var("KILN_TIMER_GAP_MS").ok();
         let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
             .ok_or_else(|| ConfigError::TimerGap(gap_env.unwrap_or_default()))?;
@@ -385,6 +440,7 @@ impl VmConfig {
             disks,
             root_disk: args.root_disk,
             nets,
+            vsock,
             kvm_device: args.kvm_device.clone(),
             verbosity: args.verbose,
             timer_gap,
@@ -498,6 +554,27 @@ mod tests {
             "tap=0123456789abcdef",
         ] {
             assert!(parse_net(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn vsock_parses() {
+        let v = parse_vsock("/tmp/v.sock").unwrap();
+        assert_eq!((v.path, v.cid), (PathBuf::from("/tmp/v.sock"), 3));
+        assert_eq!(parse_vsock("v.sock,cid=42").unwrap().cid, 42);
+        for bad in [
+            "",
+            ",cid=4",
+            "/tmp/v,cid=2",
+            "/tmp/v,cid=4294967295",
+            "/tmp/v,cid=x",
+            "/tmp/v,ro",
+            "/no/such/dir/v.sock",
+        ] {
+            assert!(
+                matches!(parse_vsock(bad), Err(ConfigError::VsockSpec { .. })),
+                "{bad}"
+            );
         }
     }
 

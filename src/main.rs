@@ -104,6 +104,7 @@ fn is_usage_error(e: &vmm::VmmError) -> bool {
             | vmm::VmmError::Console(_)
             | vmm::VmmError::Disk(_)
             | vmm::VmmError::Net(_)
+            | vmm::VmmError::Vsock(_)
             | vmm::VmmError::Virtio(crate::virtio::VirtioError::TooManyDevices { .. })
     )
 }

@@ -15,6 +15,7 @@ use devices::i8042::I8042;
 use devices::serial::Serial;
 use devices::virtio::block::{Block, DiskImage};
 use devices::virtio::net::{MacAddr, Net};
+use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 
 use crate::config::{ConsoleMode, VmConfig};
@@ -76,6 +77,9 @@ pub enum VmmError {
     /// A network card could not be set up.
     #[error(transparent)]
     Net(#[from] devices::virtio::net::NetError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::vsock::VsockError),
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
@@ -140,8 +144,9 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
         defaults.push(pvm::default_cmdline(vm.tsc_khz()));
     }
     let defaults: Vec<&str> = defaults.iter().map(String::as_str).collect();
-    // Every virtio device gets the next slot: disks first, then NICs.
-    let slots = (0..config.disks.len() + config.nets.len())
+    // Every virtio device gets the next slot: disks first, then NICs,
+    // then the vsock device.
+    let slots = (0..config.disks.len() + config.nets.len() + usize::from(config.vsock.is_some()))
         .map(Slot::for_index)
         .collect::<Result<Vec<_>, _>>()?;
     let mut device_params: Vec<String> = slots.iter().map(Slot::cmdline).collect();
@@ -268,6 +273,9 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
     for n in &config.nets {
         let mac = n.mac.as_deref().map(str::parse::<MacAddr>).transpose()?;
         backends.push(Box::new(Net::new(&n.tap, mac)?));
+    }
+    if let Some(v) = &config.vsock {
+        backends.push(Box::new(Vsock::new(v.cid, &v.path)?));
     }
     let mut virtio_devices = Vec::new();
     for (index, device) in backends.into_iter().enumerate() {

@@ -269,3 +269,26 @@ fn bad_timer_gap() {
         expect_usage_error(&o, "KILN_TIMER_GAP_MS");
     }
 }
+
+#[test]
+fn bad_vsock_options() {
+    let o = run_kiln(&["--vsock", "/nonexistent/dir/v.sock"]);
+    expect_usage_error(&o, "directory /nonexistent/dir does not exist");
+    let o = run_kiln(&["--vsock", "/tmp/v.sock,cid=2"]);
+    expect_usage_error(&o, "cid '2' is not a guest CID");
+    let o = run_kiln(&["--vsock", "/tmp/v.sock,port=5"]);
+    expect_usage_error(&o, "unknown option 'port=5'");
+    let dir = common::scratch("vsock-file");
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let o = run_kiln(&["--vsock", file.to_str().unwrap()]);
+    expect_usage_error(&o, "exists and is not a socket");
+    o.check(
+        std::fs::read(&file).unwrap() == b"keep me",
+        "the file is left alone",
+    );
+    let long = dir.join("x".repeat(100));
+    let o = run_kiln(&["--vsock", long.to_str().unwrap()]);
+    expect_usage_error(&o, "is too long");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -16,6 +16,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 
 use std::os::fd::RawFd;
 
@@ -28,6 +29,8 @@ pub mod device_type {
     pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
+    /// Socket device (vsock).
+    pub const VSOCK: u32 = 19;
 }
 
 /// Feature bits that belong to the transport, not the device.
@@ -39,6 +42,12 @@ pub mod features {
     /// Descriptors may point to indirect descriptor tables.
     pub const RING_INDIRECT_DESC: u64 =
         1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+}
+
+/// Whether the driver wants an interrupt for the used buffers just added
+/// (with event indexes it may not); yes when the ring cannot be read.
+pub(crate) fn needs_interrupt(queue: &mut Queue, mem: &Memory) -> bool {
+    queue.needs_notification(mem).unwrap_or(true)
 }
 
 /// What the event loop should wait for on a device's

@@ -12,7 +12,9 @@
 //!   virtio-drivers), hostile.rs (`blk-hostile`: broken chains by hand),
 //!   irq.rs (`irq`: IOAPIC and LAPIC set-up, interrupt counting);
 //! - net.rs (virtio-net through virtio-drivers, Ethernet/ARP/IPv4/UDP/ICMP
-//!   by hand), netcheck.rs (the `net-*` checks and their UDP protocol).
+//!   by hand), netcheck.rs (the `net-*` checks and their UDP protocol);
+//! - vsock.rs (the `vsock-*` checks through virtio-drivers' socket driver,
+//!   which needs the heap below).
 //!
 //! Everything here runs at ring 3, natively even on a nested kvm_pvm host.
 //! It is built for the ordinary host target (x86_64-unknown-linux-gnu)
@@ -22,6 +24,8 @@
 // A failed check carries its reason in a fixed 160-byte buffer: there is
 // no heap to box it into, and returning it by value is cheap enough here.
 #![allow(clippy::result_large_err)]
+
+extern crate alloc;
 
 mod blk;
 mod checks;
@@ -37,6 +41,7 @@ mod serial;
 mod tests;
 mod time;
 mod virtio;
+mod vsock;
 
 core::arch::global_asm!(include_str!("boot.S"), options(att_syntax));
 
@@ -48,11 +53,25 @@ const PVH_CMDLINE_PADDR: usize = 24;
 /// Longest command line we look at (x86 Linux's COMMAND_LINE_SIZE).
 const CMDLINE_MAX: usize = 2048;
 
+/// The heap: virtio-drivers' socket driver allocates its receive buffers
+/// and per-connection ring buffers. Nothing else uses it.
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+/// Bytes of heap, in .bss.
+const HEAP_SIZE: usize = 4 << 20;
+static mut HEAP_SPACE: [u8; HEAP_SIZE] = [0; HEAP_SIZE];
+
 /// Called by boot.S (`ring3_entry`) at ring 3 with the physical address of
 /// the PVH `hvm_start_info` (identity mapped, so also its virtual address).
 #[no_mangle]
 extern "C" fn agent_start(start_info: usize) -> ! {
     serial::init();
+    // SAFETY: HEAP_SPACE is used by nothing but the heap, which is
+    // initialised exactly once, here, before anything allocates.
+    unsafe {
+        HEAP.lock()
+            .init(core::ptr::addr_of_mut!(HEAP_SPACE).cast(), HEAP_SIZE)
+    };
     // SAFETY: boot.S passes what kiln put in EBX at the PVH entry.
     let cmdline = unsafe { pvh_cmdline(start_info) };
     agent_main(cmdline)

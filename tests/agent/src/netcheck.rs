@@ -101,7 +101,7 @@ const MAX_WINDOW: usize = 192;
 // ---- options ----------------------------------------------------------------
 
 /// A numeric `agent.KEY=` option in `range`, or `default`.
-fn option(
+pub(crate) fn option(
     ctx: &Context,
     key: &str,
     default: u64,

@@ -37,6 +37,10 @@ pub const TESTS: &[(&str, Test)] = &[
     ("net-ping", crate::netcheck::net_ping),
     ("net-bulk", crate::netcheck::net_bulk),
     ("net-stall", crate::netcheck::net_stall),
+    // virtio-vsock through virtio-drivers (src/vsock.rs).
+    ("vsock-echo", crate::vsock::vsock_echo),
+    ("vsock-listen", crate::vsock::vsock_listen),
+    ("vsock-refused", crate::vsock::vsock_refused),
     // Interrupt delivery through the IOAPIC and LAPIC (src/irq.rs).
     ("irq", crate::irq::irq),
     // These crash on purpose, to test how the harness handles a dead guest.

@@ -467,7 +467,7 @@ impl VirtioDevice for Block {
                 }
             }
         }
-        used && queue.needs_notification(mem).unwrap_or(true)
+        used && super::needs_interrupt(queue, mem)
     }
 
     fn rerun(&self, index: usize) -> bool {

@@ -35,7 +35,7 @@ use vm_memory::VolatileSlice;
 pub use mac::MacAddr;
 pub use tap::Tap;
 
-use super::{device_type, features, Interest, Memory, Queue, VirtioDevice};
+use super::{device_type, features, needs_interrupt, Interest, Memory, Queue, VirtioDevice};
 use chain::{RxChain, TxFrame};
 
 /// Size of the virtio-net header on every frame (`virtio_net_hdr_v1`, which
@@ -525,11 +525,6 @@ fn add_used(queue: &mut Queue, mem: &Memory, head: u16, len: u32) -> bool {
     queue.add_used(mem, head, len).is_ok()
 }
 
-/// Whether the driver wants an interrupt for the used buffers just added.
-fn needs_interrupt(queue: &mut Queue, mem: &Memory) -> bool {
-    queue.needs_notification(mem).unwrap_or(true)
-}
-
 /// The features offered for a backend supporting `offloads` (TUN_F_*).
 fn offered_features(offloads: u32) -> u64 {
     let bit = |b: u32| 1u64 << b;
@@ -715,4 +710,4 @@ impl<B: Backend> VirtioDevice for Net<B> {
 #[cfg(test)]
 mod tap_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

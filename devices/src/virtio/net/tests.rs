@@ -23,7 +23,8 @@ use super::*;
 const RAM: usize = 0x10_0000;
 const RX_RING: u64 = 0x0;
 const TX_RING: u64 = 0x1000;
-const LEN: u16 = 16;
+/// Entries per test ring.
+pub(crate) const LEN: u16 = 16;
 
 fn bit(b: u32) -> u64 {
     1 << b
@@ -86,18 +87,23 @@ impl Rig {
 
 /// A split virtqueue of LEN entries at `base`, driven as a driver would:
 /// descriptor table at +0, available ring at +0x400, used ring at +0x800.
-pub(super) struct Ring<'m> {
+pub(crate) struct Ring<'m> {
     mem: &'m Memory,
     base: u64,
 }
 
 impl<'m> Ring<'m> {
-    fn new(mem: &'m Memory, base: u64) -> Ring<'m> {
+    pub(crate) fn new(mem: &'m Memory, base: u64) -> Ring<'m> {
         let ring = Ring { mem, base };
         for offset in [0x400, 0x402, 0x800, 0x802] {
             mem.write_obj(0u16, GuestAddress(base + offset)).unwrap();
         }
         ring
+    }
+
+    /// The ring at `base` as it stands (nothing reset).
+    pub(crate) fn at(mem: &'m Memory, base: u64) -> Ring<'m> {
+        Ring { mem, base }
     }
 
     fn avail_addr(&self) -> u64 {
@@ -109,7 +115,7 @@ impl<'m> Ring<'m> {
     }
 
     /// The device's view of this ring.
-    fn queue(&self) -> Queue {
+    pub(crate) fn queue(&self) -> Queue {
         let mut q = Queue::new(LEN).unwrap();
         q.set_size(LEN);
         let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
@@ -125,7 +131,7 @@ impl<'m> Ring<'m> {
 
     /// Stores raw descriptors from index `first` and makes `first` the head
     /// of the next available chain.
-    pub(super) fn add_raw(&self, first: u16, descs: &[Descriptor]) {
+    pub(crate) fn add_raw(&self, first: u16, descs: &[Descriptor]) {
         for (i, desc) in descs.iter().enumerate() {
             let raw = RawDescriptor::from(*desc);
             let addr = self.base + 16 * (u64::from(first) + i as u64);
@@ -144,7 +150,7 @@ impl<'m> Ring<'m> {
 
     /// Adds one chain of `(addr, len, writable)` buffers at descriptor
     /// `first` onwards.
-    pub(super) fn add_chain(&self, first: u16, bufs: &[(u64, u32, bool)]) {
+    pub(crate) fn add_chain(&self, first: u16, bufs: &[(u64, u32, bool)]) {
         let descs: Vec<Descriptor> = bufs
             .iter()
             .enumerate()
@@ -160,7 +166,7 @@ impl<'m> Ring<'m> {
     }
 
     /// The used ring's entries so far: (head, length).
-    pub(super) fn used(&self) -> Vec<(u32, u32)> {
+    pub(crate) fn used(&self) -> Vec<(u32, u32)> {
         let n: u16 = self
             .mem
             .read_obj(GuestAddress(self.used_addr() + 2))
