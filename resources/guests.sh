@@ -7,7 +7,9 @@
 #   with --debian (or KILN_DEBIAN=1) also Debian's cloud kernel
 #   (build/guest/debian/) and an initramfs that loads its virtio modules
 #   (build/guest/debian/initramfs.cpio; list in KILN_DEBIAN_MODULES).
-# Prints every produced path, one per line, at the end.
+# Installs the minimal kernel and the initramfs as the default guest of
+# `kiln run -- CMD` (see below). Prints every produced path, one per line,
+# at the end.
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
@@ -32,4 +34,18 @@ if [ "$debian" = 1 ]; then
         --modules "$KILN_BUILD_DIR/guest/debian/modules" \
         --load "${KILN_DEBIAN_MODULES:-virtio_mmio virtio_pci virtio_blk virtio_net}")
 fi
+# The default guest of `kiln run -- CMD` (src/sandbox/mod.rs, guest_dir):
+# $KILN_GUEST_DIR, else /var/lib/kiln/guest for root, else
+# ${XDG_DATA_HOME:-~/.local/share}/kiln/guest.
+guest_dir=${KILN_GUEST_DIR:-}
+if [ -z "$guest_dir" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        guest_dir=/var/lib/kiln/guest
+    else
+        guest_dir=${XDG_DATA_HOME:-$HOME/.local/share}/kiln/guest
+    fi
+fi
+install_file "$KILN_BUILD_DIR/guest/minimal/vmlinux" "$guest_dir/vmlinux"
+install_file "$KILN_BUILD_DIR/guest/initramfs.cpio" "$guest_dir/initramfs.cpio"
+paths+=$'\n'"$guest_dir/vmlinux"$'\n'"$guest_dir/initramfs.cpio"
 echo "$paths"

@@ -1,5 +1,6 @@
 //! The command line: the only file that sees argv.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -16,16 +17,20 @@ pub struct Cli {
 /// kiln's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a guest kernel and run it until it reboots, powers off or fails.
+    /// Boot a guest kernel and run it until it reboots, powers off or fails;
+    /// or, with a command after `--`, run that command in a fresh sandbox VM
+    /// and exit with its status.
     Run(RunArgs),
 }
 
 /// Options of `kiln run`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
+    /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a
+    /// bzImage. Required unless a command follows `--` (then the default
+    /// guest's kernel is used).
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
 
     /// Initial RAM disk (e.g. a gzip-compressed cpio archive).
     #[arg(long, value_name = "PATH")]
@@ -75,9 +80,10 @@ pub struct RunArgs {
     pub memory: String,
 
     /// Where the serial console goes: stdio (output to stdout, input from
-    /// stdin), none, or file:PATH (output only).
-    #[arg(long, default_value = "stdio", value_name = "stdio|none|file:PATH")]
-    pub console: String,
+    /// stdin; the default), none, or file:PATH (output only). With a
+    /// command the default is none: stdout is the command's.
+    #[arg(long, value_name = "stdio|none|file:PATH")]
+    pub console: Option<String>,
 
     /// More log output (-v: exit and repair counters at exit, -vv: debug, -vvv: every exit).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -86,6 +92,24 @@ pub struct RunArgs {
     /// Only warnings and errors on stderr.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// With a command: stop the VM after this long and exit 124 (e.g. 30s,
+    /// 5m, 1h, 500ms; a bare number is seconds).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+
+    /// With a command: set an environment variable for it (repeatable);
+    /// `--env NAME` alone passes kiln's own value of NAME.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<OsString>,
+
+    /// With a command: the directory it starts in (default /).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<OsString>,
+
+    /// The command to run in a sandbox VM, and its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 
     /// The KVM device to use.
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH", hide = true)]

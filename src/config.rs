@@ -105,6 +105,12 @@ pub enum ConfigError {
         /// What is wrong with it.
         why: String,
     },
+    /// Plain `kiln run` without --kernel.
+    #[error("kiln run needs --kernel PATH, or a command after -- to run in the default sandbox guest (e.g. kiln run -- uname -a)")]
+    NoKernel,
+    /// A sandbox option without a command.
+    #[error("{0} only applies to a command given after --, e.g. kiln run {0} ... -- CMD")]
+    SandboxOptionWithoutCommand(&'static str),
     /// --console did not parse.
     #[error("invalid --console '{0}': use stdio, none or file:PATH")]
     Console(String),
@@ -390,9 +396,21 @@ pub fn check_cpus(cpus: u32) -> Result<u8, ConfigError> {
 impl VmConfig {
     /// Builds and validates a configuration from `kiln run`'s arguments.
     pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
-        let mut kernel = open_file("kernel", &args.kernel)?;
+        if args.command.is_empty() {
+            for (given, name) in [
+                (args.timeout.is_some(), "--timeout"),
+                (!args.env.is_empty(), "--env"),
+                (args.workdir.is_some(), "--workdir"),
+            ] {
+                if given {
+                    return Err(ConfigError::SandboxOptionWithoutCommand(name));
+                }
+            }
+        }
+        let kernel_path = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
+        let mut kernel = open_file("kernel", &kernel_path)?;
         loader::detect_file(&mut kernel).map_err(|_| ConfigError::NotAKernel {
-            path: args.kernel.clone(),
+            path: kernel_path.clone(),
         })?;
         if let Some(path) = &args.initrd {
             let f = open_file("initrd", path)?;
@@ -404,7 +422,7 @@ impl VmConfig {
             .ok_or_else(|| ConfigError::MemoryParse(args.memory.clone()))?;
         check_memory(mem_size, host_ram_bytes())?;
         let cpus = check_cpus(args.cpus)?;
-        let console = parse_console(&args.console)?;
+        let console = parse_console(args.console.as_deref().unwrap_or("stdio"))?;
         let disks = args
             .disks
             .iter()
@@ -430,7 +448,7 @@ impl VmConfig {
         let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
             .ok_or_else(|| ConfigError::TimerGap(gap_env.unwrap_or_default()))?;
         Ok(VmConfig {
-            kernel: args.kernel.clone(),
+            kernel: kernel_path,
             initrd: args.initrd.clone(),
             cmdline: args.cmdline.clone(),
             cpus,

@@ -21,13 +21,19 @@ pub enum StopReason {
     Signal(i32),
     /// A vCPU hit something kiln cannot handle: one line for the user.
     Fatal(String),
+    /// kiln's own side is done with the VM (a sandbox's command ended, or
+    /// its time ran out); the exit code is the sandbox's.
+    Finished,
 }
 
 impl StopReason {
     /// The process exit code for this reason.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StopReason::Reset | StopReason::PowerOff | StopReason::ConsoleQuit => 0,
+            StopReason::Reset
+            | StopReason::PowerOff
+            | StopReason::ConsoleQuit
+            | StopReason::Finished => 0,
             StopReason::Signal(sig) => 128 + sig,
             StopReason::Fatal(_) => 1,
         }

@@ -8,6 +8,7 @@ mod control;
 mod event_loop;
 mod logger;
 mod pvm;
+mod sandbox;
 mod stats;
 mod terminal;
 mod vcpu;
@@ -31,6 +32,7 @@ fn main() {
     let start = Instant::now();
     let cli = Cli::parse();
     let code = match cli.command {
+        Command::Run(args) if !args.command.is_empty() => sandbox::run(&args, start),
         Command::Run(args) => run(&args, start),
     };
     std::process::exit(code);
@@ -49,7 +51,14 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
         log::error!("{e}");
         return EXIT_FAILURE;
     }
-    match vmm::run(&config, start) {
+    let control = match control::VmControl::new(config.cpus.into()) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => {
+            log::error!("cannot create an eventfd: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match vmm::run(&config, start, control) {
         Ok(summary) => {
             if config.verbosity >= 1 {
                 log::info!("exits: {}", summary.stats);
@@ -81,7 +90,7 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
 }
 
 /// Errors caused by the user's input or the host's setup (exit code 2).
-fn is_usage_error(e: &vmm::VmmError) -> bool {
+pub(crate) fn is_usage_error(e: &vmm::VmmError) -> bool {
     use boot::loader::LoaderError;
     use vm::VmError;
     matches!(

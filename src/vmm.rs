@@ -100,8 +100,14 @@ pub struct RunSummary {
     pub devices: Vec<String>,
 }
 
-/// Builds the VM from `config` and runs it until it stops.
-pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
+/// Builds the VM from `config` and runs it until it stops; `control` is
+/// how other threads (a sandbox client) can stop it too. It must have one
+/// slot per vCPU.
+pub fn run(
+    config: &VmConfig,
+    start: Instant,
+    control: Arc<VmControl>,
+) -> Result<RunSummary, VmmError> {
     // 1. The configuration was validated by VmConfig::from_args.
     // 2. Open /dev/kvm, check the API version and capabilities.
     let kvm = crate::vm::open_kvm(&config.kvm_device)?;
@@ -214,7 +220,6 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunSummary, VmmError> {
     mptable::write(&vm.mem, config.cpus)?;
 
     // 6. Devices on the buses.
-    let control = Arc::new(VmControl::new(config.cpus.into()).map_err(VmmError::EventFd)?);
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let serial_irq = vm.irqfd(layout::ports::COM1_IRQ)?;

@@ -2,7 +2,8 @@
 # busybox_tree DIR [MODULES_DIR "MODULE ..."]
 #
 # Build a minimal root tree in DIR (removed first): Debian's static busybox
-# with one hard link per applet, resources/init/init.sh as /sbin/init, /etc
+# with one hard link per applet, resources/init/init.sh as /sbin/init, the
+# guest agent as /sbin/kiln-agent (resources/guest-agent.sh), /etc
 # basics (fstab for init's `mount -a`) and the /dev/console and /dev/null
 # nodes (needs root, for mknod). Hard links, not symlinks: unpacking an
 # initramfs makes a new inode per symlink but only a directory entry per
@@ -37,6 +38,10 @@ busybox_tree() {
 
     rm -f "$root/sbin/init"
     install -m 755 "$KILN_RESOURCES/init/init.sh" "$root/sbin/init"
+    # The sandbox's guest agent (`kiln run -- CMD` boots it as init).
+    local agent
+    agent=$("$KILN_RESOURCES/guest-agent.sh") || die "cannot build the guest agent"
+    install -m 755 "$agent" "$root/sbin/kiln-agent"
 
     echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
     echo 'root:x:0:' >"$root/etc/group"

@@ -22,7 +22,7 @@ fn main() {
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     if !flags.contains("relocation-model=static") {
         panic!(
-            "kiln-agent must be built from its own directory (tests/agent) so that \
+            "kiln-test-agent must be built from its own directory (tests/agent) so that \
              .cargo/config.toml applies: use tests/agent/build.sh or tests/agent/mod.rs"
         );
     }

@@ -63,7 +63,7 @@ pub fn build() -> PathBuf {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let elf = target_dir.join("x86_64-unknown-linux-gnu/release/kiln-agent");
+        let elf = target_dir.join("x86_64-unknown-linux-gnu/release/kiln-test-agent");
         let bytes = std::fs::read(&elf).unwrap_or_else(|e| panic!("{}: {e}", elf.display()));
         if let Err(e) = check_elf(&bytes) {
             panic!("{}: not a bootable agent image: {e}", elf.display());

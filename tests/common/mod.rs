@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 pub struct Outcome {
     /// Exit code (None if killed by a signal).
     pub code: Option<i32>,
-    /// Guest console output.
+    /// Guest console output (or, in a sandbox, the command's stdout).
     pub stdout: String,
+    /// The same, byte for byte.
+    pub stdout_bytes: Vec<u8>,
+    /// kiln's stderr, byte for byte.
+    pub stderr_bytes: Vec<u8>,
     /// kiln's log.
     pub stderr: String,
     /// Whether the harness had to kill it at the timeout.
@@ -166,6 +170,8 @@ impl Running {
             code: status.code(),
             stdout: text(&self.stdout),
             stderr: text(&self.stderr),
+            stdout_bytes: self.stdout.lock().unwrap().clone(),
+            stderr_bytes: self.stderr.lock().unwrap().clone(),
             timed_out,
             elapsed,
         }

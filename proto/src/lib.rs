@@ -1,0 +1,389 @@
+//! kiln's sandbox protocol: how `kiln run -- CMD` on the host and the
+//! guest agent (`guest/agent`, or your own in your own image) talk.
+//!
+//! # Transport
+//!
+//! One vsock stream. The agent opens it: it connects to the host (CID 2)
+//! on port [`AGENT_PORT`] as soon as it is up. (With kiln's vsock device
+//! that reaches the Unix socket `PATH_1024`, where `kiln run` listens.)
+//!
+//! # Frames
+//!
+//! Every message is one frame: a type byte, the payload length as a
+//! little-endian u32, then the payload (at most [`MAX_PAYLOAD`] bytes).
+//! Strings and byte strings inside payloads are a little-endian u32
+//! length and the bytes; lists are a u32 count and their items. Bytes are
+//! bytes: arguments, environment and output need not be UTF-8.
+//!
+//! | type | name | from | payload |
+//! |---|---|---|---|
+//! | 0x01 | HELLO | agent | u32 protocol version ([`VERSION`]) |
+//! | 0x02 | STDOUT | agent | output bytes; empty: the command's stdout closed |
+//! | 0x03 | STDERR | agent | output bytes; empty: the command's stderr closed |
+//! | 0x04 | EXITED | agent | u8 how (0: exit code, 1: killed by a signal), i32 the code or signal |
+//! | 0x05 | FAILED | agent | string: why the command could not start (EXITED follows) |
+//! | 0x10 | EXEC | host | list argv, list env (`KEY=VALUE`), u8 has-workdir, string workdir |
+//! | 0x11 | STDIN | host | input bytes; empty: end of input |
+//! | 0x12 | SIGNAL | host | i32 signal number, for the command |
+//!
+//! A session: the agent sends HELLO; the host sends EXEC, then STDIN and
+//! SIGNAL frames as they come; the agent streams STDOUT and STDERR and
+//! ends with EXITED (after FAILED when the command could not start). The
+//! host may close the connection after EXITED.
+
+use std::io::{self, Read, Write};
+
+/// The vsock port the agent connects to on the host.
+pub const AGENT_PORT: u32 = 1024;
+/// The protocol version this crate speaks.
+pub const VERSION: u32 = 1;
+/// The largest payload of one frame.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Bytes of a frame header.
+pub const HEADER_LEN: usize = 5;
+
+/// Frame types.
+pub mod kind {
+    /// The agent is up.
+    pub const HELLO: u8 = 0x01;
+    /// The command's standard output.
+    pub const STDOUT: u8 = 0x02;
+    /// The command's standard error.
+    pub const STDERR: u8 = 0x03;
+    /// The command ended.
+    pub const EXITED: u8 = 0x04;
+    /// The command could not start.
+    pub const FAILED: u8 = 0x05;
+    /// Run this command.
+    pub const EXEC: u8 = 0x10;
+    /// Input for the command.
+    pub const STDIN: u8 = 0x11;
+    /// Send the command a signal.
+    pub const SIGNAL: u8 = 0x12;
+}
+
+/// How the command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the code, or 128 + the signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exec {
+    /// The program and its arguments (argv[0] is looked up in PATH).
+    pub argv: Vec<Vec<u8>>,
+    /// The whole environment, `KEY=VALUE` each.
+    pub env: Vec<Vec<u8>>,
+    /// The working directory (the agent's default when None).
+    pub workdir: Option<Vec<u8>>,
+}
+
+/// One message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// The agent is up and speaks this version.
+    Hello {
+        /// Protocol version.
+        version: u32,
+    },
+    /// Output on the command's stdout (empty: closed).
+    Stdout(Vec<u8>),
+    /// Output on the command's stderr (empty: closed).
+    Stderr(Vec<u8>),
+    /// The command ended.
+    Exited(ExitStatus),
+    /// The command could not start.
+    Failed(String),
+    /// Run a command.
+    Exec(Exec),
+    /// Input for the command (empty: end of input).
+    Stdin(Vec<u8>),
+    /// A signal for the command.
+    Signal(i32),
+}
+
+/// A frame that is not what this protocol allows.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    /// Unknown type byte.
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    /// Payload longer than allowed.
+    #[error("frame of {0} bytes, more than the {MAX_PAYLOAD} allowed")]
+    TooLong(usize),
+    /// The payload does not match its type.
+    #[error("malformed {what} frame: {why}")]
+    Malformed {
+        /// The frame type's name.
+        what: &'static str,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+impl From<ProtoError> for io::Error {
+    fn from(e: ProtoError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+/// Appends `b` as a u32 length and the bytes.
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Appends a list of byte strings.
+fn put_list(out: &mut Vec<u8>, items: &[Vec<u8>]) {
+    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for i in items {
+        put_bytes(out, i);
+    }
+}
+
+impl Msg {
+    /// The frame type byte.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Msg::Hello { .. } => kind::HELLO,
+            Msg::Stdout(_) => kind::STDOUT,
+            Msg::Stderr(_) => kind::STDERR,
+            Msg::Exited(_) => kind::EXITED,
+            Msg::Failed(_) => kind::FAILED,
+            Msg::Exec(_) => kind::EXEC,
+            Msg::Stdin(_) => kind::STDIN,
+            Msg::Signal(_) => kind::SIGNAL,
+        }
+    }
+
+    /// The whole frame, header included. Data frames longer than
+    /// [`MAX_PAYLOAD`] must be split by the caller ([`write_data`] does).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        match self {
+            Msg::Hello { version } => p.extend_from_slice(&version.to_le_bytes()),
+            Msg::Stdout(d) | Msg::Stderr(d) | Msg::Stdin(d) => p.extend_from_slice(d),
+            Msg::Exited(s) => {
+                let (how, v) = match *s {
+                    ExitStatus::Code(c) => (0u8, c),
+                    ExitStatus::Signal(n) => (1u8, n),
+                };
+                p.push(how);
+                p.extend_from_slice(&v.to_le_bytes());
+            }
+            Msg::Failed(why) => put_bytes(&mut p, why.as_bytes()),
+            Msg::Exec(e) => {
+                put_list(&mut p, &e.argv);
+                put_list(&mut p, &e.env);
+                p.push(u8::from(e.workdir.is_some()));
+                put_bytes(&mut p, e.workdir.as_deref().unwrap_or_default());
+            }
+            Msg::Signal(n) => p.extend_from_slice(&n.to_le_bytes()),
+        }
+        let mut frame = Vec::with_capacity(HEADER_LEN + p.len());
+        frame.push(self.kind());
+        frame.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&p);
+        frame
+    }
+
+    /// Decodes one frame from the start of `buf`: the message and the
+    /// bytes it took, or None when `buf` does not hold a whole frame yet.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Msg, usize)>, ProtoError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let kind = buf[0];
+        if !matches!(kind, 0x01..=0x05 | 0x10..=0x12) {
+            return Err(ProtoError::UnknownType(kind));
+        }
+        let len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(ProtoError::TooLong(len));
+        }
+        let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Ok(None);
+        };
+        Ok(Some((parse(kind, payload)?, HEADER_LEN + len)))
+    }
+}
+
+/// Reads a payload field by field.
+struct Fields<'a> {
+    rest: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn bad(&self, why: &'static str) -> ProtoError {
+        ProtoError::Malformed {
+            what: self.what,
+            why,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+        if self.rest.len() < n {
+            return Err(self.bad("shorter than its fields"));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtoError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtoError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn i32(&mut self) -> Result<i32, ProtoError> {
+        Ok(i32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, ProtoError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+
+    fn list(&mut self) -> Result<Vec<Vec<u8>>, ProtoError> {
+        let n = self.u32()? as usize;
+        // Each item needs at least its 4-byte length: a count larger than
+        // that cannot be honest (and must not size an allocation).
+        if n > self.rest.len() / 4 {
+            return Err(self.bad("list count beyond the frame"));
+        }
+        (0..n).map(|_| self.bytes()).collect()
+    }
+
+    fn end(self) -> Result<(), ProtoError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.bad("bytes after its fields"))
+        }
+    }
+}
+
+fn parse(kind: u8, payload: &[u8]) -> Result<Msg, ProtoError> {
+    let fields = |what| Fields {
+        rest: payload,
+        what,
+    };
+    let msg = match kind {
+        kind::HELLO => {
+            let mut f = fields("HELLO");
+            let version = f.u32()?;
+            f.end()?;
+            Msg::Hello { version }
+        }
+        kind::STDOUT => Msg::Stdout(payload.to_vec()),
+        kind::STDERR => Msg::Stderr(payload.to_vec()),
+        kind::STDIN => Msg::Stdin(payload.to_vec()),
+        kind::EXITED => {
+            let mut f = fields("EXITED");
+            let how = f.u8()?;
+            let v = f.i32()?;
+            let status = match how {
+                0 => ExitStatus::Code(v),
+                1 if (1..=64).contains(&v) => ExitStatus::Signal(v),
+                1 => return Err(f.bad("signal number out of range")),
+                _ => return Err(f.bad("unknown way of ending")),
+            };
+            f.end()?;
+            Msg::Exited(status)
+        }
+        kind::FAILED => {
+            let mut f = fields("FAILED");
+            let why = f.bytes()?;
+            f.end()?;
+            Msg::Failed(String::from_utf8_lossy(&why).into_owned())
+        }
+        kind::EXEC => {
+            let mut f = fields("EXEC");
+            let argv = f.list()?;
+            let env = f.list()?;
+            let has_workdir = f.u8()?;
+            let workdir = f.bytes()?;
+            f.end()?;
+            if argv.is_empty() {
+                return Err(ProtoError::Malformed {
+                    what: "EXEC",
+                    why: "no program",
+                });
+            }
+            Msg::Exec(Exec {
+                argv,
+                env,
+                workdir: (has_workdir != 0).then_some(workdir),
+            })
+        }
+        kind::SIGNAL => {
+            let mut f = fields("SIGNAL");
+            let n = f.i32()?;
+            f.end()?;
+            Msg::Signal(n)
+        }
+        other => return Err(ProtoError::UnknownType(other)),
+    };
+    Ok(msg)
+}
+
+/// Reads one message; None at a clean end of stream (between frames).
+pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Check the type and length before trusting the length.
+    Msg::decode(&header)?;
+    let len = u32::from_le_bytes(header[1..5].try_into().expect("4")) as usize;
+    let mut frame = vec![0u8; HEADER_LEN + len];
+    frame[..HEADER_LEN].copy_from_slice(&header);
+    r.read_exact(&mut frame[HEADER_LEN..])?;
+    match Msg::decode(&frame)? {
+        Some((msg, _)) => Ok(Some(msg)),
+        None => Err(io::ErrorKind::UnexpectedEof.into()),
+    }
+}
+
+/// Writes one message.
+pub fn write_msg(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
+    w.write_all(&msg.encode())
+}
+
+/// Writes output or input bytes as STDOUT/STDERR/STDIN frames of at most
+/// [`MAX_PAYLOAD`] bytes each (`make` picks the frame type). An empty
+/// `data` writes nothing: send the empty end-of-stream frame explicitly.
+pub fn write_data(w: &mut impl Write, data: &[u8], make: fn(Vec<u8>) -> Msg) -> io::Result<()> {
+    for chunk in data.chunks(MAX_PAYLOAD) {
+        write_msg(w, &make(chunk.to_vec()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! `kiln run -- CMD`: one command in a fresh VM (our minimal kernel and
+//! initramfs, the guest agent as init), its output and exit status back
+//! exactly. Each run boots Linux: about 30-45 s on the nested test hosts.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "payload/mod.rs"]
+mod payload;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Outcome, Running};
+
+/// Generous: a boot takes 30-45 s here, more on a loaded host.
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn kernel() -> PathBuf {
+    common::guest_artifact("minimal/vmlinux", "run ./resources/guests.sh")
+}
+
+fn initramfs() -> PathBuf {
+    common::guest_artifact("initramfs.cpio", "run ./resources/guests.sh")
+}
+
+/// `kiln run --kernel K --initrd I [opts] -- argv`, with `stdin` piped in;
+/// temporary files go to `tmp`, which must be left empty.
+fn sandbox(opts: &[&str], argv: &[&[u8]], stdin: &[u8], tmp: &Path) -> Outcome {
+    let mut cmd = common::kiln();
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(kernel())
+        .arg("--initrd")
+        .arg(initramfs())
+        .args(opts)
+        .arg("--")
+        .args(argv.iter().map(|a| OsStr::from_bytes(a)))
+        .env("TMPDIR", tmp);
+    let mut r = Running::start(cmd);
+    r.send(stdin);
+    r.close_stdin();
+    let o = r.wait(TIMEOUT);
+    o.check(!o.timed_out, "kiln finished by itself");
+    let left: Vec<_> = std::fs::read_dir(tmp).unwrap().collect();
+    o.check(left.is_empty(), &format!("temporary files left: {left:?}"));
+    o
+}
+
+fn scratch(name: &str) -> PathBuf {
+    common::scratch(&format!("sandbox-{name}"))
+}
+
+#[test]
+fn exit_status_stdout_and_stderr_come_back_exactly() {
+    let tmp = scratch("status");
+    let o = sandbox(
+        &[],
+        &[
+            b"sh",
+            b"-c",
+            b"printf 'out\\n'; printf 'err\\n' >&2; printf 'more'; exit 7",
+        ],
+        b"",
+        &tmp,
+    );
+    o.check(o.code == Some(7), "kiln exits with the command's status");
+    o.check(
+        o.stdout_bytes == b"out\nmore",
+        "stdout is the command's, nothing else",
+    );
+    o.check(
+        o.stderr_bytes == b"err\n",
+        "stderr is the command's, nothing else",
+    );
+}
+
+#[test]
+fn arguments_environment_and_workdir_arrive_intact() {
+    let tmp = scratch("argv");
+    let args: &[&[u8]] = &[
+        b"sh",
+        b"-c",
+        b"printf '[%s]' \"$@\"; printf '%s|' \"$FOO\" \"$HOME\" \"$(pwd)\" >&2",
+        b"sh",
+        b"two words",
+        b"",
+        b"$HOME",
+        b"'single' \"double\" \\back",
+        b"\xff\xfe not utf-8",
+        b"*",
+    ];
+    let o = sandbox(
+        &["--env", "FOO=a=b c", "--workdir", "/tmp"],
+        args,
+        b"",
+        &tmp,
+    );
+    o.check(o.code == Some(0), "exit 0");
+    let mut want = Vec::new();
+    for a in &args[4..] {
+        want.extend_from_slice(b"[");
+        want.extend_from_slice(a);
+        want.extend_from_slice(b"]");
+    }
+    o.check(o.stdout_bytes == want, "every argument arrived as given");
+    o.check(
+        o.stderr_bytes == b"a=b c|/root|/tmp|",
+        "environment and workdir",
+    );
+}
+
+#[test]
+fn stdin_streams_to_the_command_and_back() {
+    let tmp = scratch("stdin");
+    // 16 MiB of binary data through `cat`, hashed on both sides.
+    let data: Vec<u8> = (0..16u64 << 20)
+        .map(|i| (payload_mix(i) >> 24) as u8)
+        .collect();
+    let o = sandbox(&[], &[b"cat"], &data, &tmp);
+    o.check(o.code == Some(0), "cat exits 0");
+    o.check(
+        o.stdout_bytes.len() == data.len(),
+        &format!("{} of {} bytes came back", o.stdout_bytes.len(), data.len()),
+    );
+    o.check(
+        common::sha256_hex(&o.stdout_bytes) == common::sha256_hex(&data),
+        "the bytes came back unchanged",
+    );
+    eprintln!("16 MiB through cat in a sandbox: {:?} in all", o.elapsed);
+}
+
+fn payload_mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z ^ (z >> 27)
+}
+
+#[test]
+fn a_command_killed_by_a_signal_gives_128_plus_n() {
+    let tmp = scratch("signal");
+    let o = sandbox(&[], &[b"sh", b"-c", b"kill -9 $$"], b"", &tmp);
+    o.check(o.code == Some(137), "SIGKILL: 128 + 9");
+}
+
+#[test]
+fn exit_status_255_and_a_missing_program() {
+    let tmp = scratch("255");
+    let o = sandbox(&[], &[b"sh", b"-c", b"exit 255"], b"", &tmp);
+    o.check(o.code == Some(255), "exit 255");
+    // The default guest (KILN_GUEST_DIR), and a program that is not there.
+    let guest = scratch("guest-dir");
+    std::os::unix::fs::symlink(kernel(), guest.join("vmlinux")).unwrap();
+    std::os::unix::fs::symlink(initramfs(), guest.join("initramfs.cpio")).unwrap();
+    let mut cmd = common::kiln();
+    cmd.args(["run", "--", "/no/such/program", "x"])
+        .env("KILN_GUEST_DIR", &guest)
+        .env("TMPDIR", &tmp);
+    let o = Running::start(cmd).wait(TIMEOUT);
+    o.check(
+        o.code == Some(127),
+        "127, as a shell says for a missing program",
+    );
+    o.check(
+        o.errors().len() == 1 && o.errors()[0].contains("/no/such/program"),
+        "one line names the program",
+    );
+}
+
+#[test]
+fn timeout_stops_the_vm_with_124_and_leaves_nothing() {
+    let tmp = scratch("timeout");
+    let o = sandbox(&["--timeout", "3s"], &[b"sleep", b"600"], b"", &tmp);
+    o.check(o.code == Some(124), "124 as coreutils' timeout");
+    o.check(
+        o.errors().len() == 1 && o.errors()[0].contains("--timeout 3s"),
+        "one line says so",
+    );
+    o.check(o.elapsed < Duration::from_secs(30), "stopped promptly");
+}
+
+#[test]
+fn a_guest_without_the_agent_is_a_clear_error() {
+    // The test payload resets at once: no agent ever connects.
+    let tmp = scratch("noagent");
+    let mut cmd = common::kiln();
+    cmd.args(["run", "--kernel"])
+        .arg(payload::build())
+        .args(["--", "true"])
+        .env("TMPDIR", &tmp);
+    let o = Running::start(cmd).wait(Duration::from_secs(60));
+    o.check(o.code == Some(121), "121: the agent never came up");
+    o.check(
+        o.errors().len() == 1 && o.errors()[0].contains("agent"),
+        "one line names the problem",
+    );
+    // No default guest: kiln's own error.
+    let mut cmd = common::kiln();
+    cmd.args(["run", "--", "true"])
+        .env("KILN_GUEST_DIR", tmp.join("none"))
+        .env("TMPDIR", &tmp);
+    let o = Running::start(cmd).wait(Duration::from_secs(60));
+    o.check(o.code == Some(125), "125: kiln's own error");
+    o.check(
+        o.errors().len() == 1 && o.errors()[0].contains("resources/guests.sh"),
+        "the line says how to install the guest",
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    o.check(left.is_empty(), "no temporary files left");
+}
