@@ -299,6 +299,9 @@ fn no_kernel_and_sandbox_options_without_a_command() {
     expect_usage_error(&o, "kiln run needs --kernel PATH, or a command after --");
     for (opt, value) in [("--timeout", "3s"), ("--env", "A=1"), ("--workdir", "/")] {
         let o = run_kiln(&[opt, value]);
-        expect_usage_error(&o, &format!("{opt} only applies to a command given after --"));
+        expect_usage_error(
+            &o,
+            &format!("{opt} only applies to a command given after --"),
+        );
     }
 }
