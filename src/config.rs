@@ -174,6 +174,8 @@ pub struct VmConfig {
     pub mem_size: u64,
     /// Serial console routing.
     pub console: ConsoleMode,
+    /// Keep the console's last bytes here too (sandboxes).
+    pub console_tail: Option<crate::console::ConsoleTail>,
     /// virtio disks, in guest order (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
     /// Mount the first disk as the root file system.
@@ -455,6 +457,7 @@ impl VmConfig {
             no_acpi: args.no_acpi,
             mem_size,
             console,
+            console_tail: None,
             disks,
             root_disk: args.root_disk,
             nets,

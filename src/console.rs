@@ -2,9 +2,11 @@
 //! Ctrl-A escape on input (Ctrl-A x quits, Ctrl-A Ctrl-A sends a Ctrl-A),
 //! as in QEMU.
 
+use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use crate::config::ConsoleMode;
 
@@ -35,8 +37,74 @@ impl Write for FdWriter {
     }
 }
 
-/// The writer guest output goes to.
-pub fn output(mode: &ConsoleMode) -> Result<Box<dyn Write + Send>, ConsoleError> {
+/// The last bytes the guest wrote to its console, wherever they went (a
+/// sandbox reads a kernel panic message out of it).
+#[derive(Clone, Default)]
+pub struct ConsoleTail(Arc<Mutex<VecDeque<u8>>>);
+
+impl std::fmt::Debug for ConsoleTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConsoleTail")
+    }
+}
+
+impl ConsoleTail {
+    /// How many bytes it keeps.
+    pub const LEN: usize = 16 * 1024;
+
+    fn push(&self, bytes: &[u8]) {
+        let mut t = self.0.lock().expect("console tail lock");
+        let bytes = &bytes[bytes.len().saturating_sub(Self::LEN)..];
+        let excess = (t.len() + bytes.len()).saturating_sub(Self::LEN);
+        t.drain(..excess);
+        t.extend(bytes);
+    }
+
+    /// The kernel's panic line, if the kept output has one.
+    pub fn panic_line(&self) -> Option<String> {
+        let t = self.0.lock().expect("console tail lock");
+        let bytes: Vec<u8> = t.iter().copied().collect();
+        String::from_utf8_lossy(&bytes).lines().find_map(|l| {
+            l.find("Kernel panic - not syncing")
+                .map(|i| l[i..].trim_end().to_string())
+        })
+    }
+}
+
+/// A writer that also keeps the tail.
+struct Tapped {
+    inner: Box<dyn Write + Send>,
+    tail: ConsoleTail,
+}
+
+impl Write for Tapped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.tail.push(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The writer guest output goes to; with `tail`, its last bytes are kept
+/// there too.
+pub fn output(
+    mode: &ConsoleMode,
+    tail: Option<&ConsoleTail>,
+) -> Result<Box<dyn Write + Send>, ConsoleError> {
+    let inner = output_for(mode)?;
+    Ok(match tail {
+        Some(tail) => Box::new(Tapped {
+            inner,
+            tail: tail.clone(),
+        }),
+        None => inner,
+    })
+}
+
+fn output_for(mode: &ConsoleMode) -> Result<Box<dyn Write + Send>, ConsoleError> {
     Ok(match mode {
         ConsoleMode::Stdio => {
             let fd = std::io::stdout()
@@ -64,6 +132,26 @@ impl AsFdOwned for std::io::Stdout {
     fn as_fd_owned(&self) -> std::io::Result<OwnedFd> {
         use std::os::fd::AsFd;
         self.as_fd().try_clone_to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes_and_finds_a_panic() {
+        let tail = ConsoleTail::default();
+        let mut w = output(&ConsoleMode::None, Some(&tail)).unwrap();
+        w.write_all(&vec![b'x'; 3 * ConsoleTail::LEN]).unwrap();
+        assert_eq!(tail.0.lock().unwrap().len(), ConsoleTail::LEN);
+        assert_eq!(tail.panic_line(), None);
+        w.write_all(b"\n[    1.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n[ 1.1] CPU: 0")
+            .unwrap();
+        assert_eq!(
+            tail.panic_line().as_deref(),
+            Some("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100")
+        );
     }
 }
 

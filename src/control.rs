@@ -3,6 +3,7 @@
 //! event loop on the main thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -17,7 +18,7 @@ pub enum StopReason {
     PowerOff,
     /// The user pressed Ctrl-A x on the console.
     ConsoleQuit,
-    /// kiln received SIGINT or SIGTERM.
+    /// kiln received SIGINT, SIGTERM, SIGHUP or SIGQUIT.
     Signal(i32),
     /// A vCPU hit something kiln cannot handle: one line for the user.
     Fatal(String),
@@ -48,7 +49,14 @@ pub struct VmControl {
     pub exit_evt: EventFd,
     /// Per vCPU: parked with interrupts off (cannot run again by itself).
     parked: Vec<AtomicBool>,
+    /// Where signals to kiln go instead of stopping the VM (a sandbox's
+    /// command), and how many went there.
+    forward: Mutex<Option<(Sender<i32>, u32)>>,
 }
+
+/// The signal that stops the VM even while signals are forwarded: the
+/// third one (a command that ignores two Ctrl-C's cannot hold kiln).
+pub const FORWARDED_SIGNALS_MAX: u32 = 2;
 
 impl VmControl {
     /// Control block for `cpus` vCPUs.
@@ -58,7 +66,32 @@ impl VmControl {
             reason: Mutex::new(None),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             parked: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
+            forward: Mutex::new(None),
         })
+    }
+
+    /// From now on, signals to kiln go to `to` instead of stopping the VM
+    /// (up to [`FORWARDED_SIGNALS_MAX`]).
+    pub fn forward_signals_to(&self, to: Sender<i32>) {
+        *self.forward.lock().expect("forward lock") = Some((to, 0));
+    }
+
+    /// Signals stop the VM again.
+    pub fn stop_forwarding(&self) {
+        *self.forward.lock().expect("forward lock") = None;
+    }
+
+    /// Forwards `sig` if a forwarder is set and has not had its share;
+    /// returns whether it did (else the caller stops the VM).
+    pub fn forward_signal(&self, sig: i32) -> bool {
+        let mut fwd = self.forward.lock().expect("forward lock");
+        match fwd.as_mut() {
+            Some((to, count)) if *count < FORWARDED_SIGNALS_MAX => {
+                *count += 1;
+                to.send(sig).is_ok()
+            }
+            _ => false,
+        }
     }
 
     /// Asks the VM to stop; the first reason given is the one reported.
@@ -132,6 +165,18 @@ mod tests {
         assert_eq!(StopReason::Signal(libc::SIGINT).exit_code(), 130);
         assert_eq!(StopReason::Signal(libc::SIGTERM).exit_code(), 143);
         assert_eq!(StopReason::Fatal(String::new()).exit_code(), 1);
+    }
+
+    #[test]
+    fn signals_are_forwarded_twice_then_stop() {
+        let c = VmControl::new(1).unwrap();
+        assert!(!c.forward_signal(2), "nothing to forward to");
+        let (tx, rx) = std::sync::mpsc::channel();
+        c.forward_signals_to(tx);
+        assert!(c.forward_signal(2));
+        assert!(c.forward_signal(15));
+        assert!(!c.forward_signal(2), "the third one stops the VM");
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [2, 15]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The main thread's event loop (event-manager over epoll): console input
-//! from stdin to the UART, SIGINT/SIGTERM, and the exit eventfd that
-//! vCPUs and devices write when the VM is over.
+//! from stdin to the UART, SIGINT/SIGTERM/SIGHUP/SIGQUIT, and the exit
+//! eventfd that vCPUs and devices write when the VM is over.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -25,8 +25,10 @@ pub enum EventLoopError {
 /// A subscriber shared with the event manager.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and every thread it
-/// starts afterwards) so they arrive only through the signalfd.
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread (and
+/// every thread it starts afterwards) so they arrive only through the
+/// signalfd: each stops the VM cleanly (terminal restored, exit 128+N)
+/// instead of killing kiln by its default action.
 pub fn block_stop_signals() -> Result<(), EventLoopError> {
     let set = stop_sigset();
     // SAFETY: `set` is a valid, initialised sigset.
@@ -46,6 +48,8 @@ fn stop_sigset() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGQUIT);
         set
     }
 }
@@ -100,7 +104,8 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
-/// SIGINT/SIGTERM through a signalfd.
+/// SIGINT/SIGTERM/SIGHUP/SIGQUIT through a signalfd: they stop the VM,
+/// unless a sandbox forwards them to its command.
 pub struct StopSignals {
     fd: OwnedFd,
     control: Arc<VmControl>,
@@ -135,9 +140,13 @@ impl MutEventSubscriber for StopSignals {
             )
         };
         if n as usize == size {
-            log::info!("received signal {}, stopping the VM", info.ssi_signo);
-            self.control
-                .request_stop(StopReason::Signal(info.ssi_signo as i32));
+            let sig = info.ssi_signo as i32;
+            if self.control.forward_signal(sig) {
+                log::info!("received signal {sig}, passed on to the command");
+                return;
+            }
+            log::info!("received signal {sig}, stopping the VM");
+            self.control.request_stop(StopReason::Signal(sig));
         }
     }
 

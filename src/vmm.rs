@@ -225,7 +225,7 @@ pub fn run(
     let serial_irq = vm.irqfd(layout::ports::COM1_IRQ)?;
     let serial = Arc::new(Mutex::new(Serial::new(
         Arc::new(serial_irq),
-        console::output(&config.console)?,
+        console::output(&config.console, config.console_tail.as_ref())?,
     )));
     pio.insert(
         layout::ports::COM1.into(),

@@ -20,7 +20,7 @@
 //! | 0x01 | HELLO | agent | u32 protocol version ([`VERSION`]) |
 //! | 0x02 | STDOUT | agent | output bytes; empty: the command's stdout closed |
 //! | 0x03 | STDERR | agent | output bytes; empty: the command's stderr closed |
-//! | 0x04 | EXITED | agent | u8 how (0: exit code, 1: killed by a signal), i32 the code or signal |
+//! | 0x04 | EXITED | agent | u8 how (0: exit code, 1: killed by a signal, 2: the guest kernel's OOM killer struck), i32 the code or signal |
 //! | 0x05 | FAILED | agent | string: why the command could not start (EXITED follows) |
 //! | 0x10 | EXEC | host | list argv, list env (`KEY=VALUE`), u8 has-workdir, string workdir |
 //! | 0x11 | STDIN | host | input bytes; empty: end of input |
@@ -69,6 +69,9 @@ pub enum ExitStatus {
     Code(i32),
     /// A signal killed it.
     Signal(i32),
+    /// It died (SIGKILL, or a shell's 137) after the guest kernel's
+    /// out-of-memory killer struck; the value is what it reported.
+    OomKilled(i32),
 }
 
 impl ExitStatus {
@@ -77,6 +80,7 @@ impl ExitStatus {
         match self {
             ExitStatus::Code(c) => c,
             ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::OomKilled(code) => code,
         }
     }
 }
@@ -181,6 +185,7 @@ impl Msg {
                 let (how, v) = match *s {
                     ExitStatus::Code(c) => (0u8, c),
                     ExitStatus::Signal(n) => (1u8, n),
+                    ExitStatus::OomKilled(c) => (2u8, c),
                 };
                 p.push(how);
                 p.extend_from_slice(&v.to_le_bytes());
@@ -304,6 +309,7 @@ fn parse(kind: u8, payload: &[u8]) -> Result<Msg, ProtoError> {
                 0 => ExitStatus::Code(v),
                 1 if (1..=64).contains(&v) => ExitStatus::Signal(v),
                 1 => return Err(f.bad("signal number out of range")),
+                2 => ExitStatus::OomKilled(v),
                 _ => return Err(f.bad("unknown way of ending")),
             };
             f.end()?;

@@ -7,6 +7,7 @@ fn all_kinds() -> Vec<Msg> {
         Msg::Stderr(Vec::new()),
         Msg::Exited(ExitStatus::Code(255)),
         Msg::Exited(ExitStatus::Signal(9)),
+        Msg::Exited(ExitStatus::OomKilled(137)),
         Msg::Failed("sh: not found".into()),
         Msg::Exec(Exec {
             argv: vec![

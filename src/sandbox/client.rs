@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_proto::{read_msg, write_data, write_msg, Exec, Msg, VERSION};
@@ -13,10 +14,45 @@ use super::{Outcome, Settle};
 /// How long the agent may take from connecting to saying HELLO.
 const HELLO_WAIT: Duration = Duration::from_secs(30);
 
+/// Where the command's input comes from and its output goes: kiln's own
+/// stdin, stdout and stderr, or buffers in tests.
+pub struct Stdio {
+    /// Read by a thread of its own and sent to the command.
+    pub input: Box<dyn Read + Send>,
+    /// The command's stdout.
+    pub output: Box<dyn Write + Send>,
+    /// The command's stderr.
+    pub errors: Box<dyn Write + Send>,
+}
+
+impl Stdio {
+    /// kiln's stdin, stdout and stderr.
+    pub fn inherit() -> Stdio {
+        Stdio {
+            input: Box::new(io::stdin()),
+            output: Box::new(io::stdout()),
+            errors: Box::new(io::stderr()),
+        }
+    }
+}
+
 /// Runs the session; every way it can end settles an outcome.
-pub fn serve(listener: UnixListener, exec: Exec, agent_wait: Duration, settle: Settle) {
+pub fn serve(
+    listener: UnixListener,
+    exec: Exec,
+    agent_wait: Duration,
+    settle: Settle,
+    stdio: Stdio,
+) {
     let outcome = match accept(&listener, agent_wait, &settle) {
-        Ok(stream) => session(stream, exec),
+        Ok(stream) => {
+            let outcome = session(&stream, exec, stdio, &settle);
+            // Done with the agent: signals stop the VM again, and every
+            // handle on the socket (input, signals) sees it closed.
+            settle.stop_forwarding();
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            outcome
+        }
         Err(outcome) => outcome,
     };
     settle.settle(outcome);
@@ -51,7 +87,13 @@ fn accept(listener: &UnixListener, wait: Duration, settle: &Settle) -> Result<Un
     }
 }
 
-fn session(mut stream: UnixStream, exec: Exec) -> Outcome {
+fn session(stream: &UnixStream, exec: Exec, stdio: Stdio, settle: &Settle) -> Outcome {
+    let mut stream = stream;
+    let Stdio {
+        input,
+        mut output,
+        mut errors,
+    } = stdio;
     let _ = stream.set_read_timeout(Some(HELLO_WAIT));
     match read_msg(&mut stream) {
         Ok(Some(Msg::Hello { version })) if version == VERSION => {}
@@ -71,13 +113,29 @@ fn session(mut stream: UnixStream, exec: Exec) -> Outcome {
     }
     let _ = stream.set_read_timeout(None);
     if let Err(e) = write_msg(&mut stream, &Msg::Exec(exec)) {
-        return Outcome::Failed(format!("cannot send the command to the guest agent: {e}"));
+        return Outcome::GuestStopped(format!(
+            "lost the guest agent before the command started: {e}"
+        ));
     }
-    if let Ok(to_guest) = stream.try_clone() {
-        std::thread::spawn(move || forward_stdin(to_guest));
+    // Input and signals share one writer, so their frames never interleave.
+    let to_guest = match stream.try_clone() {
+        Ok(s) => Arc::new(Mutex::new(s)),
+        Err(e) => return Outcome::Failed(format!("sandbox: cannot share the agent's socket: {e}")),
+    };
+    {
+        let to_guest = to_guest.clone();
+        std::thread::spawn(move || forward_stdin(input, &to_guest));
     }
-    let stdout = io::stdout();
-    let stderr = io::stderr();
+    let (signals, forwarded) = mpsc::channel();
+    settle.forward_signals_to(signals);
+    std::thread::spawn(move || {
+        for sig in forwarded {
+            let mut w = to_guest.lock().expect("agent writer");
+            if write_msg(&mut *w, &Msg::Signal(sig)).is_err() {
+                return;
+            }
+        }
+    });
     loop {
         let msg = match read_msg(&mut stream) {
             Ok(Some(m)) => m,
@@ -87,11 +145,8 @@ fn session(mut stream: UnixStream, exec: Exec) -> Outcome {
         let written = match msg {
             Msg::Stdout(d) if d.is_empty() => Ok(()),
             Msg::Stderr(d) if d.is_empty() => Ok(()),
-            Msg::Stdout(d) => {
-                let mut out = stdout.lock();
-                out.write_all(&d).and_then(|()| out.flush())
-            }
-            Msg::Stderr(d) => stderr.lock().write_all(&d),
+            Msg::Stdout(d) => output.write_all(&d).and_then(|()| output.flush()),
+            Msg::Stderr(d) => errors.write_all(&d).and_then(|()| errors.flush()),
             Msg::Failed(why) => {
                 log::error!("cannot run the command: {why}");
                 Ok(())
@@ -126,14 +181,14 @@ fn bad_agent(e: io::Error) -> Outcome {
 }
 
 /// Copies kiln's stdin to the command; its end becomes the command's.
-fn forward_stdin(mut to: UnixStream) {
-    let mut stdin = io::stdin().lock();
+fn forward_stdin(mut stdin: Box<dyn Read + Send>, to: &Mutex<UnixStream>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match stdin.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if write_data(&mut to, &buf[..n], Msg::Stdin).is_err() {
+                let mut w = to.lock().expect("agent writer");
+                if write_data(&mut *w, &buf[..n], Msg::Stdin).is_err() {
                     return;
                 }
             }
@@ -141,5 +196,257 @@ fn forward_stdin(mut to: UnixStream) {
             Err(_) => break,
         }
     }
-    let _ = write_msg(&mut to, &Msg::Stdin(Vec::new()));
+    let _ = write_msg(
+        &mut *to.lock().expect("agent writer"),
+        &Msg::Stdin(Vec::new()),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use kiln_proto::{ExitStatus, VERSION};
+
+    use super::super::Outcome;
+    use super::*;
+    use crate::control::VmControl;
+
+    /// A Write that tests can read back.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs the host side against `agent`, a fake guest agent given the
+    /// connected stream; returns the outcome, stdout and stderr.
+    fn run_with(
+        input: &'static [u8],
+        agent: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (Outcome, Vec<u8>, Vec<u8>) {
+        run_fake(input, true, agent)
+    }
+
+    /// As [`run_with`]; `linger` false: the fake agent hangs up as soon
+    /// as it is done.
+    fn run_fake(
+        input: &'static [u8],
+        linger: bool,
+        agent: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (Outcome, Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock_1024");
+        let listener = UnixListener::bind(&path).unwrap();
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let settle = Settle::new(control.clone());
+        let (out, err) = (Buffer::default(), Buffer::default());
+        let stdio = Stdio {
+            input: Box::new(input),
+            output: Box::new(out.clone()),
+            errors: Box::new(err.clone()),
+        };
+        let fake = std::thread::spawn(move || {
+            let s = UnixStream::connect(path).unwrap();
+            let mut rest = s.try_clone().unwrap();
+            agent(s);
+            // Stay connected until the host is done, as a real agent
+            // would: what the host writes is drained.
+            if linger {
+                let _ = io::copy(&mut rest, &mut io::sink());
+            }
+        });
+        let exec = Exec {
+            argv: vec![b"cmd".to_vec()],
+            ..Exec::default()
+        };
+        serve(
+            listener,
+            exec,
+            Duration::from_secs(5),
+            settle.clone(),
+            stdio,
+        );
+        fake.join().unwrap();
+        assert!(control.stopping(), "the outcome stops the VM");
+        let outcome = settle.outcome().expect("settled");
+        let take = |b: &Buffer| b.0.lock().unwrap().clone();
+        (outcome, take(&out), take(&err))
+    }
+
+    fn hello(s: &mut UnixStream) {
+        write_msg(s, &Msg::Hello { version: VERSION }).unwrap();
+    }
+
+    #[test]
+    fn a_session_streams_input_and_output_and_ends_with_the_status() {
+        let (outcome, out, err) = run_with(b"abc", |mut s| {
+            hello(&mut s);
+            let Some(Msg::Exec(e)) = read_msg(&mut s).unwrap() else {
+                panic!("no EXEC")
+            };
+            assert_eq!(e.argv, [b"cmd".to_vec()]);
+            let mut input = Vec::new();
+            loop {
+                match read_msg(&mut s).unwrap() {
+                    Some(Msg::Stdin(d)) if d.is_empty() => break,
+                    Some(Msg::Stdin(d)) => input.extend(d),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(input, b"abc");
+            for m in [
+                Msg::Stdout(b"o".to_vec()),
+                Msg::Stderr(b"e".to_vec()),
+                Msg::Stdout(Vec::new()),
+                Msg::Exited(ExitStatus::Code(3)),
+            ] {
+                write_msg(&mut s, &m).unwrap();
+            }
+        });
+        assert_eq!(outcome, Outcome::Exited(ExitStatus::Code(3)));
+        assert_eq!((out.as_slice(), err.as_slice()), (&b"o"[..], &b"e"[..]));
+    }
+
+    fn failure(outcome: &Outcome) -> &str {
+        match outcome {
+            Outcome::Failed(why) => why,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hostile_agent_is_reported_not_obeyed() {
+        let (o, ..) = run_with(b"", |mut s| {
+            write_msg(&mut s, &Msg::Hello { version: 99 }).unwrap();
+        });
+        assert!(failure(&o).contains("protocol version 99"));
+        let (o, ..) = run_with(b"", |mut s| {
+            hello(&mut s);
+            s.write_all(&[0x7f, 1, 0, 0, 0, 0]).unwrap();
+        });
+        assert!(failure(&o).contains("broke the protocol"), "{o:?}");
+        let (o, ..) = run_with(b"", |mut s| {
+            hello(&mut s);
+            // A 4 GiB frame must be refused, not allocated.
+            s.write_all(&[kiln_proto::kind::STDOUT, 0xff, 0xff, 0xff, 0xff])
+                .unwrap();
+        });
+        assert!(failure(&o).contains("broke the protocol"), "{o:?}");
+        let (o, ..) = run_with(b"", |mut s| {
+            hello(&mut s);
+            write_msg(&mut s, &Msg::Signal(9)).unwrap();
+        });
+        assert!(failure(&o).contains("only the host sends"), "{o:?}");
+        let (o, ..) = run_with(b"", |mut s| {
+            write_msg(&mut s, &Msg::Stdout(b"early".to_vec())).unwrap();
+        });
+        assert!(failure(&o).contains("before HELLO"), "{o:?}");
+    }
+
+    #[test]
+    fn signals_to_kiln_reach_the_command_while_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let settle = Settle::new(control.clone());
+        let fake = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(path).unwrap();
+            hello(&mut s);
+            assert!(matches!(read_msg(&mut s), Ok(Some(Msg::Exec(_)))));
+            // kiln gets SIGTERM now (the event loop would call this).
+            assert!(control.forward_signal(libc::SIGTERM));
+            loop {
+                match read_msg(&mut s).unwrap() {
+                    Some(Msg::Signal(n)) => {
+                        assert_eq!(n, libc::SIGTERM);
+                        break;
+                    }
+                    Some(Msg::Stdin(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            write_msg(&mut s, &Msg::Exited(ExitStatus::Signal(libc::SIGTERM))).unwrap();
+            let _ = io::copy(&mut s, &mut io::sink());
+            control
+        });
+        let stdio = Stdio {
+            input: Box::new(&b""[..]),
+            output: Box::new(Buffer::default()),
+            errors: Box::new(Buffer::default()),
+        };
+        let exec = Exec {
+            argv: vec![b"sleep".to_vec()],
+            ..Exec::default()
+        };
+        serve(
+            listener,
+            exec,
+            Duration::from_secs(5),
+            settle.clone(),
+            stdio,
+        );
+        let control = fake.join().unwrap();
+        assert_eq!(
+            settle.outcome(),
+            Some(Outcome::Exited(ExitStatus::Signal(libc::SIGTERM)))
+        );
+        assert!(
+            !control.forward_signal(libc::SIGINT),
+            "after the session a signal stops the VM again"
+        );
+    }
+
+    #[test]
+    fn an_agent_that_goes_away_is_a_stopped_guest() {
+        let (o, ..) = run_fake(b"", false, |mut s| {
+            hello(&mut s);
+            write_msg(&mut s, &Msg::Stdout(b"partial".to_vec())).unwrap();
+        });
+        assert!(matches!(o, Outcome::GuestStopped(_)), "{o:?}");
+    }
+
+    #[test]
+    fn no_agent_at_all_is_reported_after_the_wait_or_when_the_vm_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("s")).unwrap();
+        let settle = Settle::new(Arc::new(VmControl::new(1).unwrap()));
+        let stdio = || Stdio {
+            input: Box::new(&b""[..]),
+            output: Box::new(Buffer::default()),
+            errors: Box::new(Buffer::default()),
+        };
+        serve(
+            listener.try_clone().unwrap(),
+            Exec::default(),
+            Duration::from_millis(50),
+            settle.clone(),
+            stdio(),
+        );
+        assert!(
+            matches!(settle.outcome(), Some(Outcome::AgentNeverUp(why)) if why.contains("within"))
+        );
+        // The VM stopping ends the wait too.
+        let control = Arc::new(VmControl::new(1).unwrap());
+        control.request_stop(crate::control::StopReason::Reset);
+        let settle = Settle::new(control);
+        serve(
+            listener,
+            Exec::default(),
+            Duration::from_secs(60),
+            settle.clone(),
+            stdio(),
+        );
+        assert!(
+            matches!(settle.outcome(), Some(Outcome::AgentNeverUp(why)) if why.contains("stopped before"))
+        );
+    }
 }

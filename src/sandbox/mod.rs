@@ -25,11 +25,15 @@ use crate::cli::RunArgs;
 use crate::config::VmConfig;
 use crate::control::{StopReason, VmControl};
 
+/// Exit code: the guest kernel's out-of-memory killer killed the command.
+pub const EXIT_OOM: i32 = 120;
 /// Exit code: the guest agent never connected.
 pub const EXIT_AGENT_NEVER_UP: i32 = 121;
 /// Exit code: the guest stopped (reset, powered off, crashed) before the
 /// command ended.
 pub const EXIT_GUEST_STOPPED: i32 = 122;
+/// Exit code: the guest kernel panicked.
+pub const EXIT_GUEST_PANIC: i32 = 123;
 /// Exit code: `--timeout` ran out (as coreutils' `timeout`).
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit code: kiln itself failed or was given bad input (as `docker run`).
@@ -84,6 +88,8 @@ pub enum Outcome {
     AgentNeverUp(String),
     /// The guest stopped before the command ended (why).
     GuestStopped(String),
+    /// The guest kernel panicked (its panic line).
+    GuestPanicked(String),
     /// kiln's side failed (why).
     Failed(String),
 }
@@ -92,6 +98,13 @@ impl Outcome {
     /// The process exit code, and the line to print for kiln's own cases.
     pub fn exit(&self) -> (i32, Option<String>) {
         match self {
+            Outcome::Exited(ExitStatus::OomKilled(_)) => (
+                EXIT_OOM,
+                Some(
+                    "the guest kernel's out-of-memory killer killed the command: give the VM more --memory"
+                        .into(),
+                ),
+            ),
             Outcome::Exited(s) => (s.shell_code(), None),
             Outcome::TimedOut(d) => (
                 EXIT_TIMEOUT,
@@ -102,6 +115,10 @@ impl Outcome {
             ),
             Outcome::AgentNeverUp(why) => (EXIT_AGENT_NEVER_UP, Some(why.clone())),
             Outcome::GuestStopped(why) => (EXIT_GUEST_STOPPED, Some(why.clone())),
+            Outcome::GuestPanicked(line) => (
+                EXIT_GUEST_PANIC,
+                Some(format!("the guest kernel panicked: {line}")),
+            ),
             Outcome::Failed(why) => (EXIT_KILN, Some(why.clone())),
         }
     }
@@ -131,6 +148,16 @@ impl Settle {
             }
         }
         self.control.request_stop(StopReason::Finished);
+    }
+
+    /// Sends the signals kiln receives to `to` (the command) from now on.
+    pub fn forward_signals_to(&self, to: std::sync::mpsc::Sender<i32>) {
+        self.control.forward_signals_to(to);
+    }
+
+    /// Signals stop the VM again.
+    pub fn stop_forwarding(&self) {
+        self.control.stop_forwarding();
     }
 
     /// Whether the VM is stopping (for whatever reason).
@@ -174,7 +201,9 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
     let client = {
         let settle = settle.clone();
         let (listener, exec) = (prepared.listener, prepared.exec);
-        std::thread::spawn(move || client::serve(listener, exec, agent_wait, settle))
+        std::thread::spawn(move || {
+            client::serve(listener, exec, agent_wait, settle, client::Stdio::inherit())
+        })
     };
     if let Some(limit) = prepared.timeout {
         let settle = settle.clone();
@@ -186,12 +215,18 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
     let result = crate::vmm::run(&prepared.config, start, control);
     // The client ends once the VM's sockets are gone (or sooner).
     let _ = client.join();
+    // A guest that died early may have said why on its console.
+    let panicked = prepared.tail.panic_line().map(Outcome::GuestPanicked);
     let (code, line) = match (settle.outcome(), result) {
+        (Some(Outcome::GuestStopped(_) | Outcome::AgentNeverUp(_)), _) if panicked.is_some() => {
+            panicked.expect("checked").exit()
+        }
         (Some(outcome), _) => outcome.exit(),
         (None, Err(e)) => (EXIT_KILN, Some(e.to_string())),
         (None, Ok(summary)) => match summary.reason {
             StopReason::Signal(n) => (128 + n, None),
             StopReason::Fatal(msg) => (EXIT_KILN, Some(msg)),
+            _ if panicked.is_some() => panicked.expect("checked").exit(),
             other => (
                 EXIT_GUEST_STOPPED,
                 Some(format!(
@@ -213,6 +248,8 @@ struct Prepared {
     exec: Exec,
     timeout: Option<Duration>,
     listener: UnixListener,
+    /// The console's last bytes.
+    tail: crate::console::ConsoleTail,
     /// The private directory (removed when dropped).
     dir: tempfile::TempDir,
 }
@@ -258,7 +295,9 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
         .map_err(SandboxError::Setup)?;
     let socket = dir.path().join("v.sock");
     vm.vsock = Some(socket.to_string_lossy().into_owned());
-    let config = VmConfig::from_args(&vm)?;
+    let mut config = VmConfig::from_args(&vm)?;
+    let tail = crate::console::ConsoleTail::default();
+    config.console_tail = Some(tail.clone());
     let listener = UnixListener::bind(format!("{}_{AGENT_PORT}", socket.display()))
         .map_err(SandboxError::Setup)?;
     Ok(Prepared {
@@ -266,6 +305,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
         exec,
         timeout,
         listener,
+        tail,
         dir,
     })
 }
@@ -400,5 +440,7 @@ mod tests {
         assert_eq!(Outcome::AgentNeverUp(String::new()).exit().0, 121);
         assert_eq!(Outcome::GuestStopped(String::new()).exit().0, 122);
         assert_eq!(Outcome::Failed(String::new()).exit().0, 125);
+        assert_eq!(Outcome::GuestPanicked(String::new()).exit().0, 123);
+        assert_eq!(Outcome::Exited(ExitStatus::OomKilled(137)).exit().0, 120);
     }
 }

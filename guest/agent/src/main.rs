@@ -33,6 +33,7 @@ fn main() {
         let mut waiter = conn.try_clone()?;
         let opts = session::Options {
             reap_all: pid1,
+            watch_oom: pid1,
             ..Default::default()
         };
         session::serve(conn, &opts)?;

@@ -44,6 +44,8 @@ pub struct Options {
     pub drain: Duration,
     /// Working directory when EXEC names none.
     pub workdir: &'static str,
+    /// Tell an out-of-memory kill apart (reads the kernel log).
+    pub watch_oom: bool,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             reap_all: false,
             drain: Duration::from_secs(2),
             workdir: "/",
+            watch_oom: false,
         }
     }
 }
@@ -71,6 +74,7 @@ pub fn serve<C: Channel>(conn: C, opts: &Options) -> io::Result<ExitStatus> {
         }
         None => return Err(io::ErrorKind::UnexpectedEof.into()),
     };
+    let mut oom = opts.watch_oom.then(crate::sys::OomWatch::start);
     let mut child = match spawn(&exec, opts) {
         Ok(c) => c,
         Err(e) => {
@@ -124,7 +128,14 @@ pub fn serve<C: Channel>(conn: C, opts: &Options) -> io::Result<ExitStatus> {
         }
     });
 
-    let status = wait(&mut child, opts.reap_all)?;
+    let mut status = wait(&mut child, opts.reap_all)?;
+    if matches!(
+        status,
+        ExitStatus::Signal(libc::SIGKILL) | ExitStatus::Code(137)
+    ) && oom.as_mut().is_some_and(|w| w.fired())
+    {
+        status = ExitStatus::OomKilled(status.shell_code());
+    }
     // Let the output drain, but not forever.
     for _ in 0..2 {
         if done_rx.recv_timeout(opts.drain).is_err() {

@@ -102,3 +102,48 @@ pub fn reboot() -> ! {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
+
+/// Watches the kernel log for the out-of-memory killer while the command
+/// runs: /dev/kmsg, read from its end at the start.
+pub struct OomWatch(Option<File>);
+
+impl OomWatch {
+    /// Starts watching (quietly does nothing without /dev/kmsg).
+    pub fn start() -> OomWatch {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .ok()
+            .and_then(|mut f| f.seek(SeekFrom::End(0)).ok().map(|_| f));
+        OomWatch(f)
+    }
+
+    /// Whether the OOM killer killed anything since [`OomWatch::start`].
+    pub fn fired(&mut self) -> bool {
+        use std::io::Read;
+        let Some(f) = self.0.as_mut() else {
+            return false;
+        };
+        // One record per read; EAGAIN at the end.
+        let mut record = [0u8; 8192];
+        loop {
+            match f.read(&mut record) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&record[..n]);
+                    if text.contains("Out of memory: Killed process")
+                        || text.contains("Memory cgroup out of memory: Killed process")
+                    {
+                        return true;
+                    }
+                }
+                // EPIPE: records were overwritten meanwhile; go on.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}

@@ -76,7 +76,7 @@
 .set PIC1_DATA,     0x21            # 8259 interrupt mask registers (OCW1)
 .set PIC2_DATA,     0xa1
 .set ISR_STUB_SIZE, 16              # every stub below is padded to 16 bytes
-.set USER_STACK_SIZE, 0x20000       # 128 KiB for all the Rust code
+.set USER_STACK_SIZE, 0x100000      # 1 MiB for all the Rust code (virtio-drivers' queues live on it)
 .set KERNEL_STACK_SIZE, 0x1000      # only the fault handler uses it
 
 # ---- the PVH entry note ---------------------------------------------------
