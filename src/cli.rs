@@ -42,10 +42,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 
-    /// A virtio block disk: an image file, optionally read-only and with an
-    /// ID the guest can read; repeat for more disks (the guest sees them as
-    /// /dev/vda, /dev/vdb, ... in this order).
-    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]")]
+    /// A virtio block disk: an image file, optionally read-only (ro) or
+    /// with the guest's writes kept in a temporary copy-on-write layer
+    /// that is gone at exit (snapshot), and with an ID the guest can read;
+    /// repeat for more disks (the guest sees them as /dev/vda, /dev/vdb,
+    /// ... in this order).
+    #[arg(long = "disk", value_name = "PATH[,ro|,snapshot][,id=NAME]")]
     pub disks: Vec<String>,
 
     /// Boot from the first --disk: adds root=/dev/vda and rw (ro for a
@@ -92,6 +94,12 @@ pub struct RunArgs {
     /// Only warnings and errors on stderr.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// With a command: boot this ext4 image as the root file system; the
+    /// guest's writes go to a temporary layer and the image never changes
+    /// (it must hold /sbin/kiln-agent).
+    #[arg(long, value_name = "IMG")]
+    pub rootfs: Option<PathBuf>,
 
     /// With a command: stop the VM after this long and exit 124 (e.g. 30s,
     /// 5m, 1h, 500ms; a bare number is seconds).

@@ -79,7 +79,7 @@ pub enum ConfigError {
         max: u32,
     },
     /// A --disk option did not parse.
-    #[error("invalid --disk '{spec}': {why}; use PATH[,ro][,id=NAME]")]
+    #[error("invalid --disk '{spec}': {why}; use PATH[,ro|,snapshot][,id=NAME]")]
     DiskSpec {
         /// What was given.
         spec: String,
@@ -134,6 +134,9 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// Guest writes fail; the file is opened read-only.
     pub read_only: bool,
+    /// Guest writes go to a temporary copy-on-write layer; the file is
+    /// opened read-only and never changes.
+    pub snapshot: bool,
     /// What GET_ID returns (at most 20 bytes).
     pub id: Option<String>,
 }
@@ -239,12 +242,22 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
     let mut disk = DiskConfig {
         path: PathBuf::from(path),
         read_only: false,
+        snapshot: false,
         id: None,
     };
+    let mut mode: Option<&str> = None;
     for opt in parts {
         match opt.split_once('=') {
-            None if opt == "ro" => disk.read_only = true,
-            None if opt == "rw" => disk.read_only = false,
+            None if matches!(opt, "ro" | "rw" | "snapshot") => {
+                if let Some(earlier) = mode.filter(|&m| m != opt) {
+                    return Err(bad(&format!(
+                        "'{earlier}' and '{opt}' contradict each other"
+                    )));
+                }
+                mode = Some(opt);
+                disk.read_only = opt == "ro";
+                disk.snapshot = opt == "snapshot";
+            }
             Some(("id", id)) => {
                 if id.is_empty() || id.len() > DISK_ID_MAX {
                     return Err(bad("the id must be 1 to 20 characters"));
@@ -403,6 +416,7 @@ impl VmConfig {
                 (args.timeout.is_some(), "--timeout"),
                 (!args.env.is_empty(), "--env"),
                 (args.workdir.is_some(), "--workdir"),
+                (args.rootfs.is_some(), "--rootfs"),
             ] {
                 if given {
                     return Err(ConfigError::SandboxOptionWithoutCommand(name));
@@ -543,9 +557,13 @@ mod tests {
             DiskConfig {
                 path: "a.img".into(),
                 read_only: false,
+                snapshot: false,
                 id: None
             }
         );
+        let d = parse_disk("a.img,snapshot,snapshot").unwrap();
+        assert!(d.snapshot && !d.read_only);
+        assert!(parse_disk("a.img,ro,ro").unwrap().read_only);
         let d = parse_disk("/x/b.img,ro,id=data-1").unwrap();
         assert!(d.read_only);
         assert_eq!(d.id.as_deref(), Some("data-1"));
@@ -556,6 +574,10 @@ mod tests {
             "a,id=",
             "a,id=123456789012345678901",
             "a,id=has space",
+            "a,ro,rw",
+            "a,rw,ro",
+            "a,ro,snapshot",
+            "a,snapshot,rw",
         ] {
             assert!(parse_disk(bad).is_err(), "{bad:?}");
         }

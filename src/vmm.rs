@@ -272,7 +272,11 @@ pub fn run(
     )?;
     let mut backends: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in &config.disks {
-        let image = DiskImage::open(&d.path, d.read_only, d.id.as_deref())?;
+        let image = if d.snapshot {
+            DiskImage::open_snapshot(&d.path, d.id.as_deref())?
+        } else {
+            DiskImage::open(&d.path, d.read_only, d.id.as_deref())?
+        };
         backends.push(Box::new(Block::new(image)));
     }
     for n in &config.nets {

@@ -305,3 +305,21 @@ fn no_kernel_and_sandbox_options_without_a_command() {
         );
     }
 }
+
+#[test]
+fn contradictory_disk_modes_are_refused() {
+    let dir = common::scratch("disk-modes");
+    let img = dir.join("d.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    for modes in ["ro,rw", "rw,ro", "ro,snapshot", "snapshot,rw"] {
+        let spec = format!("{},{modes}", img.display());
+        let o = run_kiln(&["--disk", &spec]);
+        expect_usage_error(&o, "contradict each other");
+    }
+    o_unchanged(&img);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn o_unchanged(img: &std::path::Path) {
+    assert_eq!(std::fs::read(img).unwrap(), vec![0u8; 4096]);
+}

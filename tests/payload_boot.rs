@@ -181,6 +181,14 @@ fn sigint_exits_130() {
 }
 
 #[test]
+fn sighup_and_sigquit_stop_the_vm_cleanly_too() {
+    // Closing a terminal sends SIGHUP; their default actions would kill
+    // kiln without restoring the terminal.
+    signal_stops(libc::SIGHUP, 129);
+    signal_stops(libc::SIGQUIT, 131);
+}
+
+#[test]
 fn console_to_file_and_none() {
     let dir = common::scratch("console");
     let file = dir.join("console.log");

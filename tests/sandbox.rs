@@ -25,16 +25,16 @@ fn initramfs() -> PathBuf {
     common::guest_artifact("initramfs.cpio", "run ./resources/guests.sh")
 }
 
-/// `kiln run --kernel K --initrd I [opts] -- argv`, with `stdin` piped in;
-/// temporary files go to `tmp`, which must be left empty.
+/// `kiln run --kernel K --initrd I [opts] -- argv` (no initrd with
+/// `--rootfs`), with `stdin` piped in; temporary files go to `tmp`, which
+/// must be left empty.
 fn sandbox(opts: &[&str], argv: &[&[u8]], stdin: &[u8], tmp: &Path) -> Outcome {
     let mut cmd = common::kiln();
-    cmd.arg("run")
-        .arg("--kernel")
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(initramfs())
-        .args(opts)
+    cmd.arg("run").arg("--kernel").arg(kernel());
+    if !opts.contains(&"--rootfs") {
+        cmd.arg("--initrd").arg(initramfs());
+    }
+    cmd.args(opts)
         .arg("--")
         .args(argv.iter().map(|a| OsStr::from_bytes(a)))
         .env("TMPDIR", tmp);
@@ -272,4 +272,74 @@ fn a_command_the_oom_killer_kills_is_reported_with_its_own_code() {
         o.errors().len() == 1 && o.errors()[0].contains("out-of-memory"),
         "one line says so and what to do",
     );
+}
+
+fn rootfs() -> PathBuf {
+    common::guest_artifact("rootfs.ext4", "run ./resources/guests.sh")
+}
+
+#[test]
+fn a_rootfs_is_never_modified_and_two_sandboxes_share_it() {
+    let tmp = scratch("rootfs");
+    let image = rootfs();
+    let before = common::sha256_of(&image);
+    let rootfs_arg = image.to_str().unwrap().to_string();
+    let script: &[u8] = b"rm -rf /usr /etc/hostname && echo changed >/new-file && sync && \
+        ls /usr 2>&1; cat /new-file; grep -c ' / ' /proc/mounts";
+    // Two at once on the same image: a shared lock, a layer each.
+    let second = {
+        let (tmp, rootfs_arg) = (scratch("rootfs2"), rootfs_arg.clone());
+        std::thread::spawn(move || {
+            sandbox(
+                &["--rootfs", &rootfs_arg],
+                &[b"cat", b"/etc/hostname"],
+                b"",
+                &tmp,
+            )
+        })
+    };
+    let o = sandbox(
+        &["--rootfs", &rootfs_arg],
+        &[b"sh", b"-c", script],
+        b"",
+        &tmp,
+    );
+    o.check(o.code == Some(0), "the command ran on the disk root");
+    o.check(
+        o.stdout.contains("No such file or directory") && o.stdout.contains("changed"),
+        "the guest saw its own writes",
+    );
+    let o2 = second.join().unwrap();
+    o2.check(
+        o2.code == Some(0) && o2.stdout == "kiln\n",
+        "the second sandbox saw the image as it is",
+    );
+    o.check(
+        common::sha256_of(&image) == before,
+        "the image is unchanged",
+    );
+}
+
+#[test]
+fn a_rootfs_that_is_not_ext4_or_missing_is_refused() {
+    let tmp = scratch("badroot");
+    let not_ext4 = tmp.join("x.img");
+    std::fs::write(&not_ext4, vec![0u8; 4096]).unwrap();
+    for (path, says) in [
+        (not_ext4.clone(), "not an ext4 file system image"),
+        (tmp.join("missing.img"), "No such file"),
+    ] {
+        let mut cmd = common::kiln();
+        cmd.arg("run")
+            .arg("--rootfs")
+            .arg(&path)
+            .args(["--", "true"]);
+        let o = Running::start(cmd).wait(Duration::from_secs(30));
+        o.check(o.code == Some(125), "125: kiln's own error");
+        o.check(
+            o.errors().len() == 1 && o.errors()[0].contains(says),
+            &format!("one line: {says}"),
+        );
+    }
+    std::fs::remove_file(not_ext4).unwrap();
 }

@@ -44,9 +44,11 @@ const DEFAULT_ENV: &[&str] = &[
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME=/root",
 ];
-/// Kernel parameters of a sandbox guest: the agent is init, and the kernel
-/// keeps its boot messages to itself (each console byte is a VM exit).
+/// Kernel parameters of a sandbox guest: the agent is init (of the
+/// initramfs, or of a `--rootfs` disk), and the kernel keeps its boot
+/// messages to itself (each console byte is a VM exit).
 const SANDBOX_CMDLINE: &str = "rdinit=/sbin/kiln-agent quiet";
+const SANDBOX_ROOTFS_CMDLINE: &str = "init=/sbin/kiln-agent quiet";
 /// How long to wait for the agent on a host with hardware virtualization,
 /// and on a nested kvm_pvm host, where a guest kernel boots ~1,000x slower.
 const AGENT_WAIT: Duration = Duration::from_secs(60);
@@ -69,6 +71,15 @@ pub enum SandboxError {
     /// --env without a name.
     #[error("invalid --env '{0}': use NAME=VALUE or NAME")]
     Env(String),
+    /// --rootfs is not an ext4 image.
+    #[error("--rootfs {0}: not an ext4 file system image (make one with mkfs.ext4 -d DIR IMG SIZE, or ./resources/rootfs.sh)")]
+    NotExt4(PathBuf),
+    /// --rootfs cannot be read.
+    #[error("--rootfs {0}: {1}; check the path and its permissions")]
+    RootfsOpen(PathBuf, std::io::Error),
+    /// --rootfs path that the --disk syntax cannot carry.
+    #[error("--rootfs {0}: a path with a comma cannot be used; rename or link the image")]
+    RootfsComma(PathBuf),
     /// --vsock is the sandbox's own.
     #[error("--vsock cannot be given with a command: the sandbox uses the vsock device itself")]
     VsockTaken,
@@ -275,10 +286,22 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
         workdir: args.workdir.clone().map(OsString::into_vec),
     };
     let mut vm = args.clone();
+    let mut sandbox_cmdline = SANDBOX_CMDLINE;
+    if let Some(rootfs) = &args.rootfs {
+        check_ext4(rootfs)?;
+        if rootfs.to_string_lossy().contains(',') {
+            return Err(SandboxError::RootfsComma(rootfs.clone()).into());
+        }
+        // First disk, so it is /dev/vda; writes go to a throwaway layer.
+        vm.disks
+            .insert(0, format!("{},snapshot", rootfs.to_string_lossy()));
+        vm.root_disk = true;
+        sandbox_cmdline = SANDBOX_ROOTFS_CMDLINE;
+    }
     if vm.kernel.is_none() {
         let dir = guest_dir();
         vm.kernel = Some(default_file(&dir, "vmlinux")?);
-        if vm.initrd.is_none() {
+        if vm.initrd.is_none() && args.rootfs.is_none() {
             vm.initrd = Some(default_file(&dir, "initramfs.cpio")?);
         }
     }
@@ -286,8 +309,8 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
         vm.console = Some("none".into());
     }
     vm.cmdline = Some(match &args.cmdline {
-        Some(user) => format!("{SANDBOX_CMDLINE} {user}"),
-        None => SANDBOX_CMDLINE.to_string(),
+        Some(user) => format!("{sandbox_cmdline} {user}"),
+        None => sandbox_cmdline.to_string(),
     });
     let dir = tempfile::Builder::new()
         .prefix("kiln-run.")
@@ -326,6 +349,17 @@ pub fn guest_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     data.join("kiln/guest")
+}
+
+/// Checks the ext4 superblock magic (0xEF53 at byte 1080).
+fn check_ext4(path: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).map_err(|e| SandboxError::RootfsOpen(path.into(), e))?;
+    let mut magic = [0u8; 2];
+    match f.read_exact_at(&mut magic, 1080) {
+        Ok(()) if magic == [0x53, 0xef] => Ok(()),
+        _ => Err(SandboxError::NotExt4(path.into())),
+    }
 }
 
 fn default_file(dir: &Path, what: &'static str) -> Result<PathBuf, SandboxError> {

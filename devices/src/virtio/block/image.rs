@@ -12,6 +12,7 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
+use super::overlay::Overlay;
 use super::{BlockError, ID_BYTES, SECTOR_SIZE};
 
 /// An open, locked disk image.
@@ -27,6 +28,9 @@ pub struct DiskImage {
     /// Cleared the first time FALLOC_FL_ZERO_RANGE is refused; WRITE_ZEROES
     /// then writes zeros instead.
     zero_range: bool,
+    /// A `snapshot` disk's copy-on-write layer: the file above is then
+    /// open read-only and never written.
+    overlay: Option<Overlay>,
 }
 
 impl DiskImage {
@@ -153,7 +157,30 @@ impl DiskImage {
             id: id_bytes,
             punch_hole,
             zero_range: true,
+            overlay: None,
         })
+    }
+
+    /// Opens the image at `path` as a `snapshot` disk: the file is opened
+    /// read-only with a shared lock (other snapshots may use it at the same
+    /// time, a writer may not), and the guest's writes go to a temporary
+    /// copy-on-write layer that disappears with kiln. The guest sees a
+    /// writable disk; the image never changes.
+    pub fn open_snapshot(path: &Path, id: Option<&str>) -> Result<DiskImage, BlockError> {
+        let mut image = DiskImage::open(path, true, id)?;
+        let overlay = Overlay::new(image.size).map_err(|source| BlockError::Overlay {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        image.overlay = Some(overlay);
+        image.read_only = false;
+        image.punch_hole = false;
+        Ok(image)
+    }
+
+    /// Sectors written to a `snapshot` disk's layer, if it is one.
+    pub fn snapshot_sectors(&self) -> Option<u64> {
+        self.overlay.as_ref().map(Overlay::written_sectors)
     }
 
     /// The path the image was opened with.
@@ -198,28 +225,52 @@ impl DiskImage {
         buf: &mut VolatileSlice<B>,
         offset: u64,
     ) -> io::Result<()> {
-        FileAt::new(&self.file, offset)
-            .read_exact_volatile(buf)
-            .map_err(volatile_to_io)
+        let Some(overlay) = &self.overlay else {
+            return FileAt::new(&self.file, offset)
+                .read_exact_volatile(buf)
+                .map_err(volatile_to_io);
+        };
+        for (at, len, layered) in overlay.runs(offset, buf.len() as u64) {
+            let file = if layered { overlay.file() } else { &self.file };
+            // Runs lie inside [offset, offset + buf.len()).
+            let mut part = buf
+                .subslice((at - offset) as usize, len as usize)
+                .map_err(io::Error::other)?;
+            FileAt::new(file, at)
+                .read_exact_volatile(&mut part)
+                .map_err(volatile_to_io)?;
+        }
+        Ok(())
     }
 
     /// Writes all of `buf` to the image at byte `offset` (pwrite from guest
     /// memory). Never called on a read-only image.
     pub(super) fn write_from<B: BitmapSlice>(
-        &self,
+        &mut self,
         buf: &VolatileSlice<B>,
         offset: u64,
     ) -> io::Result<()> {
         if self.read_only {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
+        if let Some(overlay) = &mut self.overlay {
+            FileAt::new(overlay.file(), offset)
+                .write_all_volatile(buf)
+                .map_err(volatile_to_io)?;
+            overlay.mark(offset, buf.len() as u64);
+            return Ok(());
+        }
         FileAt::new(&self.file, offset)
             .write_all_volatile(buf)
             .map_err(volatile_to_io)
     }
 
-    /// Makes everything written so far durable (fdatasync).
+    /// Makes everything written so far durable (fdatasync); a snapshot's
+    /// layer is thrown away at exit, so there is nothing to make durable.
     pub(super) fn flush(&self) -> io::Result<()> {
+        if self.overlay.is_some() {
+            return Ok(());
+        }
         self.file.sync_data()
     }
 

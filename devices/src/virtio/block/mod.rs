@@ -12,6 +12,7 @@
 //! after `fdatasync` on the image returned.
 
 mod image;
+mod overlay;
 mod request;
 
 #[cfg(any(test, feature = "fuzz"))]
@@ -123,6 +124,14 @@ pub enum BlockError {
         /// The image.
         path: PathBuf,
         /// What flock(2) said.
+        source: std::io::Error,
+    },
+    /// The copy-on-write layer of a `snapshot` disk could not be made.
+    #[error("cannot make the copy-on-write layer for disk image {}: {source}: check that $TMPDIR (default /tmp) is writable and has room", .path.display())]
+    Overlay {
+        /// The image.
+        path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
     /// The `id=` is longer than GET_ID can return.
@@ -477,8 +486,12 @@ impl VirtioDevice for Block {
     fn stats(&self) -> Option<String> {
         let s = &self.stats;
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let layer = match self.image.snapshot_sectors() {
+            Some(n) => format!("; {:.1} MiB in the snapshot layer", mib(n * SECTOR_SIZE)),
+            None => String::new(),
+        };
         Some(format!(
-            "{} reads ({:.1} MiB), {} writes ({:.1} MiB), {} flushes, {} discards, {} errors ({} malformed)",
+            "{} reads ({:.1} MiB), {} writes ({:.1} MiB), {} flushes, {} discards, {} errors ({} malformed){layer}",
             s.reads,
             mib(s.read_bytes),
             s.writes,

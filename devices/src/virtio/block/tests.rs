@@ -278,6 +278,57 @@ fn writes_reach_the_file_and_read_back() {
 }
 
 #[test]
+fn a_snapshot_disk_takes_writes_and_never_changes_the_image() {
+    let file = image_file(16);
+    let image = DiskImage::open_snapshot(file.path(), None).unwrap();
+    let original = std::fs::read(file.path()).unwrap();
+    let mut f = Fixture {
+        block: Block::new(image),
+        d: Driver::new(256, false),
+        file,
+        original,
+    };
+    assert_eq!(f.block.image().snapshot_sectors(), Some(0));
+    assert!(
+        !f.block.image().read_only(),
+        "the guest sees a writable disk"
+    );
+    // Sectors 5-7, written through buffers that split sector 5.
+    let data: Vec<u8> = (0..1536).map(|i| (i * 13 % 251) as u8).collect();
+    f.d.mem
+        .write_slice(&data[..100], GuestAddress(BUF))
+        .unwrap();
+    f.d.mem
+        .write_slice(&data[100..], GuestAddress(BUF + 0x1000))
+        .unwrap();
+    f.header(VIRTIO_BLK_T_OUT, 5);
+    let len = f.submit(&[
+        Buf::r(HDR, 16),
+        Buf::r(BUF, 100),
+        Buf::r(BUF + 0x1000, 1436),
+        Buf::w(STATUS, 1),
+    ]);
+    assert_eq!((len, f.status()), (1, OK));
+    assert_eq!(f.request(VIRTIO_BLK_T_FLUSH, 0, Buf::r(BUF, 0)).1, OK);
+    f.assert_unchanged();
+    assert_eq!(f.block.image().snapshot_sectors(), Some(3));
+    // A read across written and unwritten sectors sees both.
+    f.fill(BUF, 8 * 512, 0);
+    assert_eq!(f.read(4, 8 * 512), (8 * 512 + 1, OK));
+    let mut want = expected_sectors(4, 1);
+    want.extend(&data);
+    want.extend(expected_sectors(8, 4));
+    assert_eq!(f.read_mem(BUF, 8 * 512), want);
+    // The image is shared: another snapshot may open it, a writer not.
+    let path = f.file.path().to_path_buf();
+    assert!(DiskImage::open_snapshot(&path, None).is_ok());
+    assert!(matches!(
+        DiskImage::open(&path, false, None),
+        Err(BlockError::Locked { .. })
+    ));
+}
+
+#[test]
 fn data_may_be_split_across_descriptors_and_memory_regions() {
     let mut f = Fixture::new(16, false);
     // Header split 10 + 6 bytes, data in three buffers (one straddling

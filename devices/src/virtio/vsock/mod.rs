@@ -195,6 +195,13 @@ impl Vsock {
             };
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                // A receive buffer must have room for data: one without
+                // would sit at the head of the ring and hold up the rest.
+                Ok(pkt) if pkt.data_slice().is_none_or(|d| d.is_empty()) => {
+                    self.muxer.stats.bad_chains += 1;
+                    log::debug!("{}: receive chain {head} has no room for data", self.name);
+                    0
+                }
                 Ok(mut pkt) => {
                     let mut hdr = Packet::default();
                     if self.muxer.recv(&mut hdr, pkt.data_slice()) {

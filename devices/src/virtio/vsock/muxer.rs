@@ -257,7 +257,13 @@ impl Muxer {
         data: Option<&VolatileSlice<B>>,
     ) -> bool {
         let now = Instant::now();
-        while let Some(item) = self.rxq.pop_front() {
+        // One pass at most: a connection that cannot fill this buffer (RW
+        // owed but the guest gave no room for data) goes to the back and
+        // must not make this loop spin.
+        for _ in 0..self.rxq.len() {
+            let Some(item) = self.rxq.pop_front() else {
+                break;
+            };
             match item {
                 RxItem::Rst(p) => {
                     *hdr = Packet {

@@ -373,6 +373,43 @@ fn hostile_packets_are_answered_or_dropped_without_harm() {
 }
 
 #[test]
+fn receive_buffers_without_room_for_data_do_not_wedge_the_device() {
+    let mut rig = Rig::new();
+    let listener = UnixListener::bind(muxer::port_path(&rig.path(), 52)).unwrap();
+    rig.post_rx(1);
+    rig.send(guest(op::REQUEST, 1000, 52), &[]);
+    let (mut host, _) = listener.accept().unwrap();
+    assert_eq!(rig.take_rx()[0].0.op, op::RESPONSE);
+    host.write_all(b"data").unwrap();
+    // A hostile driver posts buffers without room for data: a header
+    // alone, and a header with an empty data buffer.
+    for bufs in [
+        vec![(RX_BUFS, PKT_HEADER_SIZE as u32, true)],
+        vec![
+            (RX_BUFS, PKT_HEADER_SIZE as u32, true),
+            (RX_BUFS + 0x100, 0, true),
+        ],
+    ] {
+        let i = rig.rx_next % LEN;
+        rig.ring(0x0).add_chain(i, &bufs);
+        rig.rx_next += 2;
+    }
+    rig.poll_backend(); // returns: no spin
+    let used = rig.ring(0x0).used();
+    assert_eq!(
+        &used[rig.rx_seen..].iter().map(|u| u.1).collect::<Vec<_>>(),
+        &[0, 0]
+    );
+    rig.rx_seen = used.len();
+    assert_eq!(rig.dev.vsock_stats().bad_chains, 2);
+    // A proper buffer gets the data.
+    rig.post_rx(1);
+    let rx = rig.take_rx();
+    assert_eq!(rx.len(), 1, "{rx:?}");
+    assert_eq!(rx[0].1, b"data");
+}
+
+#[test]
 fn reset_closes_every_connection() {
     let mut rig = Rig::new();
     let listener = UnixListener::bind(muxer::port_path(&rig.path(), 52)).unwrap();
