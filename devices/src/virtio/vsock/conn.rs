@@ -231,6 +231,13 @@ impl Conn {
         self.expiry = None;
     }
 
+    /// Ends the connection with the RST the caller is sending right now.
+    fn reset_now(&mut self) -> u16 {
+        self.kill();
+        self.owed = 0;
+        op::RST
+    }
+
     /// Credit the guest has: bytes we may send it now.
     fn peer_credit(&self) -> u32 {
         let in_flight = self.rx_cnt - self.peer_fwd_cnt;
@@ -516,10 +523,7 @@ impl Conn {
                     if self.host_hup {
                         hdr.flags |= shutdown::RCV;
                         if self.peer_no_send && self.peer_no_recv {
-                            self.kill();
-                            self.owed = 0;
-                            self.state = State::Dead;
-                            return Some(op::RST);
+                            return Some(self.reset_now());
                         }
                         self.state = State::Closing;
                         self.expiry = Some(now + SHUTDOWN_TIMEOUT);
@@ -548,9 +552,7 @@ impl Conn {
                         self.local_port,
                         self.peer_port
                     );
-                    self.kill();
-                    self.owed = 0;
-                    Some(op::RST)
+                    Some(self.reset_now())
                 }
             };
         }

@@ -141,11 +141,6 @@ impl Muxer {
         self.epoll.as_raw_fd()
     }
 
-    /// The host socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The driver is ready: start taking host connections.
     pub fn activate(&mut self) {
         if !self.listening {
@@ -234,7 +229,7 @@ impl Muxer {
         }
         if !self.conns.contains_key(&key) {
             match pkt.op {
-                op::REQUEST => self.guest_connect(pkt, now),
+                op::REQUEST => self.guest_connect(pkt),
                 op::RST => {}
                 _ => self.queue_rst(pkt),
             }
@@ -318,7 +313,7 @@ impl Muxer {
 
     /// The guest connects to host port `pkt.dst_port`: connect to
     /// `PATH_<port>`, or refuse.
-    fn guest_connect(&mut self, pkt: &Packet, now: Instant) {
+    fn guest_connect(&mut self, pkt: &Packet) {
         let key = (pkt.dst_port, pkt.src_port);
         if self.conns.len() >= MAX_CONNECTIONS {
             log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing another");
@@ -330,7 +325,7 @@ impl Muxer {
             Ok(stream) => {
                 self.stats.guest_connections += 1;
                 let conn = Conn::guest_initiated(stream, key.0, key.1, pkt);
-                self.insert(key, conn, now);
+                self.insert(key, conn);
             }
             Err(e) => {
                 log::debug!(
@@ -344,7 +339,7 @@ impl Muxer {
         }
     }
 
-    fn insert(&mut self, key: Key, conn: Conn, _now: Instant) {
+    fn insert(&mut self, key: Key, conn: Conn) {
         let has_rx = conn.has_rx();
         self.conns.insert(key, conn);
         if has_rx {
@@ -543,7 +538,7 @@ impl Muxer {
         let local = self.allocate_port();
         self.stats.host_connections += 1;
         let conn = Conn::host_initiated(p.stream, local, port, now);
-        self.insert((local, port), conn, now);
+        self.insert((local, port), conn);
     }
 
     fn allocate_port(&mut self) -> u32 {
