@@ -112,22 +112,23 @@ fn session(stream: &UnixStream, exec: Exec, stdio: Stdio, settle: &Settle) -> Ou
         Err(e) => return bad_agent(e),
     }
     let _ = stream.set_read_timeout(None);
-    if let Err(e) = write_msg(&mut stream, &Msg::Exec(exec)) {
-        return Outcome::GuestStopped(format!(
-            "lost the guest agent before the command started: {e}"
-        ));
-    }
     // Input and signals share one writer, so their frames never interleave.
     let to_guest = match stream.try_clone() {
         Ok(s) => Arc::new(Mutex::new(s)),
         Err(e) => return Outcome::Failed(format!("sandbox: cannot share the agent's socket: {e}")),
     };
+    if let Err(e) = write_msg(&mut stream, &Msg::Exec(exec)) {
+        return Outcome::GuestStopped(format!(
+            "lost the guest agent before the command started: {e}"
+        ));
+    }
+    // Signals go to the command from the moment it is on its way.
+    let (signals, forwarded) = mpsc::channel();
+    settle.forward_signals_to(signals);
     {
         let to_guest = to_guest.clone();
         std::thread::spawn(move || forward_stdin(input, &to_guest));
     }
-    let (signals, forwarded) = mpsc::channel();
-    settle.forward_signals_to(signals);
     std::thread::spawn(move || {
         for sig in forwarded {
             let mut w = to_guest.lock().expect("agent writer");
@@ -232,16 +233,18 @@ mod tests {
         input: &'static [u8],
         agent: impl FnOnce(UnixStream) + Send + 'static,
     ) -> (Outcome, Vec<u8>, Vec<u8>) {
-        run_fake(input, true, agent)
+        let (outcome, out, err, _) = run_fake(input, true, move |s, _| agent(s));
+        (outcome, out, err)
     }
 
-    /// As [`run_with`]; `linger` false: the fake agent hangs up as soon
-    /// as it is done.
+    /// As [`run_with`], and the fake also gets the VM's control block (to
+    /// play a signal to kiln), which is returned too; `linger` false: the
+    /// fake agent hangs up as soon as it is done.
     fn run_fake(
         input: &'static [u8],
         linger: bool,
-        agent: impl FnOnce(UnixStream) + Send + 'static,
-    ) -> (Outcome, Vec<u8>, Vec<u8>) {
+        agent: impl FnOnce(UnixStream, Arc<VmControl>) + Send + 'static,
+    ) -> (Outcome, Vec<u8>, Vec<u8>, Arc<VmControl>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.sock_1024");
         let listener = UnixListener::bind(&path).unwrap();
@@ -253,10 +256,11 @@ mod tests {
             output: Box::new(out.clone()),
             errors: Box::new(err.clone()),
         };
+        let for_agent = control.clone();
         let fake = std::thread::spawn(move || {
             let s = UnixStream::connect(path).unwrap();
             let mut rest = s.try_clone().unwrap();
-            agent(s);
+            agent(s, for_agent);
             // Stay connected until the host is done, as a real agent
             // would: what the host writes is drained.
             if linger {
@@ -278,7 +282,16 @@ mod tests {
         assert!(control.stopping(), "the outcome stops the VM");
         let outcome = settle.outcome().expect("settled");
         let take = |b: &Buffer| b.0.lock().unwrap().clone();
-        (outcome, take(&out), take(&err))
+        (outcome, take(&out), take(&err), control)
+    }
+
+    /// Stdio with no input and output nobody reads.
+    fn quiet_stdio() -> Stdio {
+        Stdio {
+            input: Box::new(&b""[..]),
+            output: Box::new(Buffer::default()),
+            errors: Box::new(Buffer::default()),
+        }
     }
 
     fn hello(s: &mut UnixStream) {
@@ -353,17 +366,16 @@ mod tests {
 
     #[test]
     fn signals_to_kiln_reach_the_command_while_it_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        let listener = UnixListener::bind(&path).unwrap();
-        let control = Arc::new(VmControl::new(1).unwrap());
-        let settle = Settle::new(control.clone());
-        let fake = std::thread::spawn(move || {
-            let mut s = UnixStream::connect(path).unwrap();
+        let (outcome, _, _, control) = run_fake(b"", true, |mut s, control| {
             hello(&mut s);
             assert!(matches!(read_msg(&mut s), Ok(Some(Msg::Exec(_)))));
-            // kiln gets SIGTERM now (the event loop would call this).
-            assert!(control.forward_signal(libc::SIGTERM));
+            // kiln gets SIGTERM now (the event loop would call this); the
+            // host sets forwarding up just after sending EXEC.
+            let t0 = std::time::Instant::now();
+            while !control.forward_signal(libc::SIGTERM) {
+                assert!(t0.elapsed() < Duration::from_secs(5), "never forwarded");
+                std::thread::sleep(Duration::from_millis(1));
+            }
             loop {
                 match read_msg(&mut s).unwrap() {
                     Some(Msg::Signal(n)) => {
@@ -375,30 +387,8 @@ mod tests {
                 }
             }
             write_msg(&mut s, &Msg::Exited(ExitStatus::Signal(libc::SIGTERM))).unwrap();
-            let _ = io::copy(&mut s, &mut io::sink());
-            control
         });
-        let stdio = Stdio {
-            input: Box::new(&b""[..]),
-            output: Box::new(Buffer::default()),
-            errors: Box::new(Buffer::default()),
-        };
-        let exec = Exec {
-            argv: vec![b"sleep".to_vec()],
-            ..Exec::default()
-        };
-        serve(
-            listener,
-            exec,
-            Duration::from_secs(5),
-            settle.clone(),
-            stdio,
-        );
-        let control = fake.join().unwrap();
-        assert_eq!(
-            settle.outcome(),
-            Some(Outcome::Exited(ExitStatus::Signal(libc::SIGTERM)))
-        );
+        assert_eq!(outcome, Outcome::Exited(ExitStatus::Signal(libc::SIGTERM)));
         assert!(
             !control.forward_signal(libc::SIGINT),
             "after the session a signal stops the VM again"
@@ -407,7 +397,7 @@ mod tests {
 
     #[test]
     fn an_agent_that_goes_away_is_a_stopped_guest() {
-        let (o, ..) = run_fake(b"", false, |mut s| {
+        let (o, ..) = run_fake(b"", false, |mut s, _| {
             hello(&mut s);
             write_msg(&mut s, &Msg::Stdout(b"partial".to_vec())).unwrap();
         });
@@ -419,17 +409,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join("s")).unwrap();
         let settle = Settle::new(Arc::new(VmControl::new(1).unwrap()));
-        let stdio = || Stdio {
-            input: Box::new(&b""[..]),
-            output: Box::new(Buffer::default()),
-            errors: Box::new(Buffer::default()),
-        };
         serve(
             listener.try_clone().unwrap(),
             Exec::default(),
             Duration::from_millis(50),
             settle.clone(),
-            stdio(),
+            quiet_stdio(),
         );
         assert!(
             matches!(settle.outcome(), Some(Outcome::AgentNeverUp(why)) if why.contains("within"))
@@ -443,7 +428,7 @@ mod tests {
             Exec::default(),
             Duration::from_secs(60),
             settle.clone(),
-            stdio(),
+            quiet_stdio(),
         );
         assert!(
             matches!(settle.outcome(), Some(Outcome::AgentNeverUp(why)) if why.contains("stopped before"))
