@@ -26,9 +26,8 @@ fn initramfs() -> PathBuf {
 }
 
 /// `kiln run --kernel K --initrd I [opts] -- argv` (no initrd with
-/// `--rootfs`), with `stdin` piped in; temporary files go to `tmp`, which
-/// must be left empty.
-fn sandbox(opts: &[&str], argv: &[&[u8]], stdin: &[u8], tmp: &Path) -> Outcome {
+/// `--rootfs`), temporary files in `tmp`.
+fn sandbox_cmd(opts: &[&str], argv: &[&[u8]], tmp: &Path) -> std::process::Command {
     let mut cmd = common::kiln();
     cmd.arg("run").arg("--kernel").arg(kernel());
     if !opts.contains(&"--rootfs") {
@@ -38,7 +37,12 @@ fn sandbox(opts: &[&str], argv: &[&[u8]], stdin: &[u8], tmp: &Path) -> Outcome {
         .arg("--")
         .args(argv.iter().map(|a| OsStr::from_bytes(a)))
         .env("TMPDIR", tmp);
-    let mut r = Running::start(cmd);
+    cmd
+}
+
+/// Runs [`sandbox_cmd`] with `stdin` piped in; `tmp` must be left empty.
+fn sandbox(opts: &[&str], argv: &[&[u8]], stdin: &[u8], tmp: &Path) -> Outcome {
+    let mut r = Running::start(sandbox_cmd(opts, argv, tmp));
     r.send(stdin);
     r.close_stdin();
     let o = r.wait(TIMEOUT);
@@ -214,20 +218,8 @@ fn a_guest_without_the_agent_is_a_clear_error() {
 #[test]
 fn signals_to_kiln_are_passed_to_the_command() {
     let tmp = scratch("sigfwd");
-    let mut cmd = common::kiln();
-    cmd.arg("run")
-        .arg("--kernel")
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(initramfs())
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 1; done",
-        ])
-        .env("TMPDIR", &tmp);
-    let mut r = Running::start(cmd);
+    let script: &[u8] = b"trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 1; done";
+    let mut r = Running::start(sandbox_cmd(&[], &[b"sh", b"-c", script], &tmp));
     assert!(
         r.wait_for_stdout("ready", TIMEOUT),
         "the command never started"
