@@ -119,8 +119,12 @@ impl DiskImage {
             Err(TryLockError::WouldBlock) => {
                 return Err(BlockError::Locked {
                     path: owned(),
-                    holder: lock_holder(meta.dev(), meta.ino()),
-                    wanted: if read_only { "shared" } else { "exclusive" },
+                    holder: lock_holder(path, meta.dev(), meta.ino()),
+                    wanted: if read_only {
+                        "a shared"
+                    } else {
+                        "an exclusive"
+                    },
                 })
             }
             Err(TryLockError::Error(source)) => {
@@ -407,11 +411,23 @@ impl WriteVolatile for FileAt<'_> {
     }
 }
 
-/// Who holds the flock on the file `dev`:`ino`, for the "in use" error:
-/// "process 1234 (kiln)", or a vaguer phrase when /proc does not say.
-fn lock_holder(dev: u64, ino: u64) -> String {
+/// Who holds the flock on the file `dev`:`ino` at `path`, for the "in use"
+/// error: "process 1234 (kiln)", or a vaguer phrase when /proc does not say.
+///
+/// /proc/locks names the file by the device of the inode the lock sits on,
+/// which on overlayfs (containers, some CI runners) is not the `st_dev` that
+/// stat reports. When nothing matches exactly, lock holders of the same inode
+/// number on any device are kept if they have `path` open.
+fn lock_holder(path: &Path, dev: u64, ino: u64) -> String {
     let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let pids = flock_holders(&locks, libc::major(dev), libc::minor(dev), ino);
+    let mut pids = flock_holders(&locks, Some((libc::major(dev), libc::minor(dev))), ino);
+    if pids.is_empty() {
+        let canonical = std::fs::canonicalize(path).ok();
+        pids = flock_holders(&locks, None, ino)
+            .into_iter()
+            .filter(|&pid| canonical.as_deref().is_some_and(|p| has_open(pid, p)))
+            .collect();
+    }
     if pids.is_empty() {
         return "another process".to_string();
     }
@@ -430,11 +446,21 @@ fn lock_holder(dev: u64, ino: u64) -> String {
     names.join(", ")
 }
 
+/// Whether process `pid` has a file descriptor open on `path`.
+fn has_open(pid: i64, path: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+}
+
 /// PIDs holding (not waiting for) a flock on `major:minor:ino`, parsed
 /// from /proc/locks lines such as
 /// `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF` (device numbers in
-/// hex, inode in decimal; waiters have `->` after the number).
-fn flock_holders(locks: &str, major: u32, minor: u32, ino: u64) -> Vec<i64> {
+/// hex, inode in decimal; waiters have `->` after the number). With `dev`
+/// `None`, any device matches.
+fn flock_holders(locks: &str, dev: Option<(u32, u32)>, ino: u64) -> Vec<i64> {
     let mut pids = Vec::new();
     for line in locks.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -450,9 +476,10 @@ fn flock_holders(locks: &str, major: u32, minor: u32, ino: u64) -> Vec<i64> {
         else {
             continue;
         };
-        let matches = u32::from_str_radix(maj, 16) == Ok(major)
-            && u32::from_str_radix(min, 16) == Ok(minor)
-            && i.parse::<u64>() == Ok(ino);
+        let same_dev = dev.is_none_or(|(major, minor)| {
+            u32::from_str_radix(maj, 16) == Ok(major) && u32::from_str_radix(min, 16) == Ok(minor)
+        });
+        let matches = same_dev && i.parse::<u64>() == Ok(ino);
         if let (true, Ok(pid)) = (matches, pid.parse::<i64>()) {
             if !pids.contains(&pid) {
                 pids.push(pid);
@@ -571,9 +598,10 @@ mod tests {
                      3: FLOCK  ADVISORY  READ 5 fd:1a:1234 0 EOF\n\
                      4: FLOCK  ADVISORY  WRITE 6 08:01:999 0 EOF\n\
                      garbage\n";
-        assert_eq!(flock_holders(locks, 8, 1, 1234), vec![4242]);
-        assert_eq!(flock_holders(locks, 0xfd, 0x1a, 1234), vec![5]);
-        assert!(flock_holders(locks, 8, 2, 1234).is_empty());
+        assert_eq!(flock_holders(locks, Some((8, 1)), 1234), vec![4242]);
+        assert_eq!(flock_holders(locks, Some((0xfd, 0x1a)), 1234), vec![5]);
+        assert!(flock_holders(locks, Some((8, 2)), 1234).is_empty());
+        assert_eq!(flock_holders(locks, None, 1234), vec![4242, 5]);
     }
 
     #[test]

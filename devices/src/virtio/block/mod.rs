@@ -109,7 +109,7 @@ pub enum BlockError {
         size: u64,
     },
     /// Another process holds a conflicting lock on the image.
-    #[error("disk image {} is in use by {holder} (kiln needs a {wanted} lock): stop that process, or give this VM its own copy of the image", .path.display())]
+    #[error("disk image {} is in use by {holder} (kiln needs {wanted} lock): stop that process, or give this VM its own copy of the image", .path.display())]
     Locked {
         /// The image.
         path: PathBuf,
