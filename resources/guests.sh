@@ -6,7 +6,9 @@
 #   (build/guest/rootfs.ext4);
 #   with --debian (or KILN_DEBIAN=1) also Debian's cloud kernel
 #   (build/guest/debian/) and an initramfs that loads its virtio modules
-#   (build/guest/debian/initramfs.cpio; list in KILN_DEBIAN_MODULES).
+#   (build/guest/debian/initramfs.cpio; list in KILN_DEBIAN_MODULES), and
+#   the Debian 12 root image for `kiln run --rootfs`
+#   (build/guest/debian-root.ext4, resources/debian-root.sh; needs root).
 # Installs the minimal kernel and the initramfs as the default guest of
 # `kiln run -- CMD` (see below). Prints every produced path, one per line,
 # at the end.
@@ -33,6 +35,7 @@ if [ "$debian" = 1 ]; then
     paths+=$'\n'$("$r/initramfs.sh" -o "$KILN_BUILD_DIR/guest/debian/initramfs.cpio" \
         --modules "$KILN_BUILD_DIR/guest/debian/modules" \
         --load "${KILN_DEBIAN_MODULES:-virtio_mmio virtio_pci virtio_blk virtio_net}")
+    paths+=$'\n'$("$r/debian-root.sh")
 fi
 # The default guest of `kiln run -- CMD` (src/sandbox/mod.rs, guest_dir):
 # $KILN_GUEST_DIR, else /var/lib/kiln/guest for root, else

@@ -13,6 +13,7 @@ packages=(
     iproute2                                              # network tests
     qemu-system-x86                                       # the test agent under QEMU microvm
     acpica-tools                                          # ACPI tables (iasl)
+    mmdebstrap eatmydata                                  # Debian root image (sandbox)
 )
 
 missing=()
