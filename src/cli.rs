@@ -115,6 +115,24 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<OsString>,
 
+    /// With a command: run it on a pseudo-terminal, as `docker run -it`
+    /// (stdin must be a terminal): the window size follows kiln's, keys
+    /// such as Ctrl-C go to the command, stdout and stderr are one stream.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+
+    /// With a command: copy a host file or directory tree into the guest
+    /// before it starts (repeatable). GUEST is absolute; an existing
+    /// directory there receives the copy under its own name.
+    #[arg(long = "copy-in", value_name = "HOST:GUEST")]
+    pub copy_in: Vec<OsString>,
+
+    /// With a command: copy a guest file or directory tree to the host
+    /// after it ends (repeatable). Nothing on the host is overwritten: HOST
+    /// must not exist, or be a directory to put the copy in.
+    #[arg(long = "copy-out", value_name = "GUEST:HOST")]
+    pub copy_out: Vec<OsString>,
+
     /// The command to run in a sandbox VM, and its arguments.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,

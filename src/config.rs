@@ -417,6 +417,9 @@ impl VmConfig {
                 (!args.env.is_empty(), "--env"),
                 (args.workdir.is_some(), "--workdir"),
                 (args.rootfs.is_some(), "--rootfs"),
+                (!args.copy_in.is_empty(), "--copy-in"),
+                (args.tty, "-t"),
+                (!args.copy_out.is_empty(), "--copy-out"),
             ] {
                 if given {
                     return Err(ConfigError::SandboxOptionWithoutCommand(name));

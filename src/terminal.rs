@@ -9,8 +9,19 @@ pub struct RawTerminal {
 }
 
 impl RawTerminal {
-    /// Switches stdin to raw mode if it is a terminal.
+    /// Switches stdin to raw mode if it is a terminal; output keeps its
+    /// newline translation (for the serial console).
     pub fn enable() -> Option<RawTerminal> {
+        Self::enable_with(true)
+    }
+
+    /// As [`RawTerminal::enable`], with output untouched too (for a
+    /// command on a guest terminal, which translates newlines itself).
+    pub fn enable_full() -> Option<RawTerminal> {
+        Self::enable_with(false)
+    }
+
+    fn enable_with(keep_newlines: bool) -> Option<RawTerminal> {
         if !std::io::stdin().is_terminal() {
             return None;
         }
@@ -24,13 +35,26 @@ impl RawTerminal {
         // SAFETY: `raw` is a valid termios.
         unsafe { libc::cfmakeraw(&mut raw) };
         // Keep output post-processing so "\n" still returns the carriage.
-        raw.c_oflag |= libc::OPOST | libc::ONLCR;
+        if keep_newlines {
+            raw.c_oflag |= libc::OPOST | libc::ONLCR;
+        }
         // SAFETY: fd 0 is a terminal; `raw` is a valid termios.
         if unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) } != 0 {
             return None;
         }
         Some(RawTerminal { saved })
     }
+}
+
+/// The size of the terminal on stdin: (rows, columns).
+pub fn window_size() -> Option<(u16, u16)> {
+    // SAFETY: zero is a valid winsize; TIOCGWINSZ fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes a winsize to a valid pointer.
+    if unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } != 0 || ws.ws_row == 0 {
+        return None;
+    }
+    Some((ws.ws_row, ws.ws_col))
 }
 
 impl Drop for RawTerminal {

@@ -297,13 +297,21 @@ fn bad_vsock_options() {
 fn no_kernel_and_sandbox_options_without_a_command() {
     let o = run(&["run"], TIMEOUT);
     expect_usage_error(&o, "kiln run needs --kernel PATH, or a command after --");
-    for (opt, value) in [("--timeout", "3s"), ("--env", "A=1"), ("--workdir", "/")] {
+    for (opt, value) in [
+        ("--timeout", "3s"),
+        ("--env", "A=1"),
+        ("--workdir", "/"),
+        ("--copy-in", "/etc/hostname:/x"),
+        ("--copy-out", "/x:/tmp/kiln-copy-out-test"),
+    ] {
         let o = run_kiln(&[opt, value]);
         expect_usage_error(
             &o,
             &format!("{opt} only applies to a command given after --"),
         );
     }
+    let o = run_kiln(&["-t"]);
+    expect_usage_error(&o, "-t only applies to a command given after --");
 }
 
 #[test]

@@ -335,3 +335,336 @@ fn a_rootfs_that_is_not_ext4_or_missing_is_refused() {
     }
     std::fs::remove_file(not_ext4).unwrap();
 }
+
+#[test]
+fn files_and_trees_are_copied_in_before_and_out_after() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let tmp = scratch("copy");
+    let host = common::scratch("sandbox-copy-host");
+    // A tree with a script (mode 0750), data, a symlink, an empty and a
+    // nested directory, a name with a space; and a single file.
+    let tree = host.join("tree");
+    std::fs::create_dir_all(tree.join("empty")).unwrap();
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+    std::fs::write(tree.join("a/b/data bin"), &data).unwrap();
+    std::fs::write(tree.join("run.sh"), b"#!/bin/sh\necho script ran\n").unwrap();
+    std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    symlink("a/b/data bin", tree.join("link")).unwrap();
+    let single = host.join("single.txt");
+    std::fs::write(&single, b"single file\n").unwrap();
+    let back = host.join("back");
+    let script: &[u8] = b"cd /work && ./run.sh && cat /tmp/single.txt && \
+        cp -a /work /out && echo added >/out/added && exit 5";
+    let o = sandbox(
+        &[
+            "--copy-in",
+            &format!("{}:/work", tree.display()),
+            "--copy-in",
+            &format!("{}:/tmp", single.display()),
+            "--copy-out",
+            &format!("/out:{}", back.display()),
+            "--copy-out",
+            &format!("/not/there:{}", host.join("nothing").display()),
+        ],
+        &[b"sh", b"-c", script],
+        b"",
+        &tmp,
+    );
+    o.check(
+        o.stdout == "script ran\nsingle file\n",
+        "the copied-in script ran (mode kept) and the file went into /tmp",
+    );
+    // The first copy-out landed; the second names what is missing, and
+    // kiln says what the command's status was.
+    o.check(o.code == Some(125), "a failed copy-out is kiln's error");
+    o.check(
+        o.errors().len() == 1
+            && o.errors()[0].contains("--copy-out /not/there")
+            && o.errors()[0].contains("status 5"),
+        "one line names the copy and the command's status",
+    );
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    o.check(
+        std::fs::read(back.join("a/b/data bin")).unwrap() == data
+            && mode(&back.join("run.sh")) == 0o750
+            && std::fs::read_link(back.join("link")).unwrap() == Path::new("a/b/data bin")
+            && back.join("empty").is_dir()
+            && std::fs::read(back.join("added")).unwrap() == b"added\n",
+        "the tree came back with its data, modes, symlink, empty directory and the new file",
+    );
+    o.check(
+        !host.join("nothing").exists(),
+        "nothing for the failed copy",
+    );
+    std::fs::remove_dir_all(&host).unwrap();
+}
+
+#[test]
+fn bad_copies_are_refused_before_the_vm_starts() {
+    let host = common::scratch("sandbox-badcopy");
+    std::fs::write(host.join("exists"), b"keep").unwrap();
+    for (opt, spec, says) in [
+        (
+            "--copy-in",
+            format!("{}/missing:/x", host.display()),
+            "No such file",
+        ),
+        (
+            "--copy-in",
+            format!("{}/exists:relative", host.display()),
+            "absolute guest path",
+        ),
+        (
+            "--copy-out",
+            format!("/x:{}/exists", host.display()),
+            "exists; remove it",
+        ),
+        (
+            "--copy-out",
+            format!("/x:{}/no/dir/x", host.display()),
+            "does not exist",
+        ),
+    ] {
+        let mut cmd = common::kiln();
+        cmd.args(["run", opt, &spec, "--", "true"]);
+        let o = Running::start(cmd).wait(Duration::from_secs(30));
+        o.check(o.code == Some(125), "125: kiln's own error");
+        o.check(
+            o.errors().len() == 1 && o.errors()[0].contains(says),
+            &format!("one line: {says}"),
+        );
+    }
+    assert_eq!(std::fs::read(host.join("exists")).unwrap(), b"keep");
+    std::fs::remove_dir_all(&host).unwrap();
+}
+
+/// The side of a pseudo-terminal that stands in for a user's terminal.
+struct UserTerminal {
+    master: std::fs::File,
+    terminal: std::os::fd::OwnedFd,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UserTerminal {
+    fn open(rows: u16, cols: u16) -> UserTerminal {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let (mut master, mut terminal) = (-1, -1);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty(3) writes two fds into the locals; name and
+        // termios may be null, `ws` is a valid winsize.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut terminal,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty succeeded; both fds are ours alone.
+        let (master, terminal) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::os::fd::OwnedFd::from_raw_fd(terminal),
+            )
+        };
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut reading = master.try_clone().unwrap();
+        let (into, done) = (seen.clone(), stop.clone());
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut pfd = libc::pollfd {
+                    fd: reading.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll(2) on one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                    continue;
+                }
+                match reading.read(&mut buf) {
+                    Ok(n) if n > 0 => into.lock().unwrap().extend_from_slice(&buf[..n]),
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        UserTerminal {
+            master,
+            terminal,
+            seen,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    fn stdio(&self) -> std::process::Stdio {
+        self.terminal.try_clone().unwrap().into()
+    }
+
+    fn termios(&self) -> libc::termios {
+        use std::os::fd::AsRawFd;
+        // SAFETY: zero is a valid termios; tcgetattr fills it.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            // SAFETY: a terminal fd and a valid pointer.
+            unsafe { libc::tcgetattr(self.terminal.as_raw_fd(), &mut t) },
+            0
+        );
+        t
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        assert_eq!(
+            // SAFETY: TIOCSWINSZ reads a valid winsize.
+            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+            0
+        );
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        self.master.write_all(keys).unwrap();
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until what was shown after byte `from` contains `pattern`.
+    fn wait_for(&self, from: usize, pattern: &str, timeout: Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < timeout {
+            if self
+                .screen()
+                .get(from..)
+                .is_some_and(|s| s.contains(pattern))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for UserTerminal {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+#[test]
+fn minus_t_gives_the_command_a_terminal_of_the_users_size() {
+    let tmp = scratch("tty");
+    let mut user = UserTerminal::open(33, 101);
+    let cooked = user.termios();
+    let script: &[u8] = b"stty size; tty; echo TERM=$TERM; read x; echo got $x; \
+        while read y; do stty size; done";
+    let mut cmd = sandbox_cmd(&["-t"], &[b"sh", b"-c", script], &tmp);
+    cmd.env("TERM", "vt220")
+        .stdin(user.stdio())
+        .stdout(user.stdio())
+        .stderr(user.stdio());
+    let mut kiln = KillOnDrop(cmd.spawn().expect("start kiln"));
+    assert!(
+        user.wait_for(0, "TERM=vt220", TIMEOUT),
+        "the command never started: {:?}",
+        user.screen()
+    );
+    let screen = user.screen();
+    assert!(screen.contains("33 101"), "window size: {screen:?}");
+    assert!(screen.contains("/dev/pts/"), "a pty: {screen:?}");
+    // Keys arrive as typed: Enter is a carriage return the guest's
+    // terminal turns into a newline, and echoes.
+    user.type_keys(b"hello\r");
+    assert!(
+        user.wait_for(0, "got hello", Duration::from_secs(60)),
+        "{:?}",
+        user.screen()
+    );
+    // A resize reaches the command's terminal.
+    user.resize(40, 120);
+    let mark = user.screen().len();
+    let t0 = std::time::Instant::now();
+    while !user.wait_for(mark, "40 120", Duration::from_secs(1)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the resize never arrived: {:?}",
+            user.screen()
+        );
+        user.type_keys(b"\r");
+    }
+    // Ctrl-C is a key for the command's terminal: SIGINT ends the shell.
+    user.type_keys(b"\x03");
+    let status = kiln.wait_for(TIMEOUT);
+    assert_eq!(status, Some(130), "killed by SIGINT: {:?}", user.screen());
+    // kiln put the user's terminal back as it found it.
+    let after = user.termios();
+    assert_eq!(
+        (after.c_iflag, after.c_oflag, after.c_lflag),
+        (cooked.c_iflag, cooked.c_oflag, cooked.c_lflag),
+        "terminal settings restored"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+#[test]
+fn minus_t_without_a_terminal_is_refused() {
+    let tmp = scratch("notty");
+    let o = sandbox(&["-t"], &[b"true"], b"", &tmp);
+    o.check(o.code == Some(125), "125: kiln's own error");
+    o.check(
+        o.errors().len() == 1 && o.errors()[0].contains("-t needs a terminal on stdin"),
+        "one line that says what to do",
+    );
+}
+
+/// A child process killed if the test ends before it does.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Its exit code, once it exits within `timeout` (killed otherwise).
+    fn wait_for(&mut self, timeout: Duration) -> Option<i32> {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s.code();
+            }
+            if t0.elapsed() > timeout {
+                let _ = self.0.kill();
+                panic!("kiln did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -22,21 +22,40 @@
 //! | 0x03 | STDERR | agent | output bytes; empty: the command's stderr closed |
 //! | 0x04 | EXITED | agent | u8 how (0: exit code, 1: killed by a signal, 2: the guest kernel's OOM killer struck), i32 the code or signal |
 //! | 0x05 | FAILED | agent | string: why the command could not start (EXITED follows) |
-//! | 0x10 | EXEC | host | list argv, list env (`KEY=VALUE`), u8 has-workdir, string workdir |
+//! | 0x06 | DONE | agent | u8 ok (1) or not (0), string: why not; answers COPY_IN and COPY_OUT |
+//! | 0x10 | EXEC | host | list argv, list env (`KEY=VALUE`), u8 has-workdir, string workdir, u8 has-tty, u16 rows, u16 columns |
 //! | 0x11 | STDIN | host | input bytes; empty: end of input |
 //! | 0x12 | SIGNAL | host | i32 signal number, for the command |
+//! | 0x13 | COPY_IN | host | string: guest path; TAR frames follow |
+//! | 0x14 | TAR | both | a piece of a tar stream; empty: its end |
+//! | 0x15 | COPY_OUT | host | string: guest path to send back as TAR frames |
+//! | 0x16 | RESIZE | host | u16 rows, u16 columns: the terminal's new size |
 //!
-//! A session: the agent sends HELLO; the host sends EXEC, then STDIN and
-//! SIGNAL frames as they come; the agent streams STDOUT and STDERR and
-//! ends with EXITED (after FAILED when the command could not start). The
-//! host may close the connection after EXITED.
+//! A session: the agent sends HELLO; the host may send COPY_IN requests,
+//! each followed by its TAR frames and answered by DONE once unpacked;
+//! then the host sends EXEC, then STDIN and SIGNAL frames as they come;
+//! the agent streams STDOUT and STDERR and ends with EXITED (after FAILED
+//! when the command could not start). With a tty in EXEC the command runs
+//! on a pseudo-terminal of that size: its output (stdout and stderr alike)
+//! comes as STDOUT, STDIN goes to the terminal (control characters such as
+//! ^C act as on any terminal; the end of input is not passed on), and
+//! RESIZE changes its size. After EXITED the host may send
+//! COPY_OUT requests, each answered by TAR frames (the empty one always
+//! comes) and DONE; then it closes the connection (the agent powers the
+//! guest off once it is closed, or after 5 s without a request).
+//!
+//! Copies ([`copy`]) are tar streams (ustar with GNU long names) holding
+//! one top-level entry, the file, symlink or directory tree copied. The
+//! receiver stages it next to the destination and moves it into place, as
+//! `cp -r` names things: into an existing directory under the entry's
+//! name, else at the destination path itself.
 
 use std::io::{self, Read, Write};
 
 /// The vsock port the agent connects to on the host.
 pub const AGENT_PORT: u32 = 1024;
 /// The protocol version this crate speaks.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Bytes of a frame header.
@@ -54,12 +73,22 @@ pub mod kind {
     pub const EXITED: u8 = 0x04;
     /// The command could not start.
     pub const FAILED: u8 = 0x05;
+    /// A copy request was carried out, or why not.
+    pub const DONE: u8 = 0x06;
     /// Run this command.
     pub const EXEC: u8 = 0x10;
     /// Input for the command.
     pub const STDIN: u8 = 0x11;
     /// Send the command a signal.
     pub const SIGNAL: u8 = 0x12;
+    /// Files for the guest follow.
+    pub const COPY_IN: u8 = 0x13;
+    /// A piece of a tar stream.
+    pub const TAR: u8 = 0x14;
+    /// Send these files back.
+    pub const COPY_OUT: u8 = 0x15;
+    /// The terminal changed size.
+    pub const RESIZE: u8 = 0x16;
 }
 
 /// How the command ended.
@@ -94,6 +123,17 @@ pub struct Exec {
     pub env: Vec<Vec<u8>>,
     /// The working directory (the agent's default when None).
     pub workdir: Option<Vec<u8>>,
+    /// Run it on a pseudo-terminal of this size.
+    pub tty: Option<WinSize>,
+}
+
+/// A terminal's size in characters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WinSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// One message.
@@ -118,6 +158,16 @@ pub enum Msg {
     Stdin(Vec<u8>),
     /// A signal for the command.
     Signal(i32),
+    /// Unpack the TAR frames that follow at this guest path.
+    CopyIn(Vec<u8>),
+    /// A piece of a tar stream (empty: its end).
+    Tar(Vec<u8>),
+    /// Send this guest path back as TAR frames.
+    CopyOut(Vec<u8>),
+    /// A copy request is done: None, or why it failed.
+    Done(Option<String>),
+    /// The terminal changed size.
+    Resize(WinSize),
 }
 
 /// A frame that is not what this protocol allows.
@@ -151,6 +201,12 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Appends a terminal size: rows, then columns, u16 each.
+fn put_size(out: &mut Vec<u8>, size: WinSize) {
+    out.extend_from_slice(&size.rows.to_le_bytes());
+    out.extend_from_slice(&size.cols.to_le_bytes());
+}
+
 /// Appends a list of byte strings.
 fn put_list(out: &mut Vec<u8>, items: &[Vec<u8>]) {
     out.extend_from_slice(&(items.len() as u32).to_le_bytes());
@@ -171,6 +227,11 @@ impl Msg {
             Msg::Exec(_) => kind::EXEC,
             Msg::Stdin(_) => kind::STDIN,
             Msg::Signal(_) => kind::SIGNAL,
+            Msg::CopyIn(_) => kind::COPY_IN,
+            Msg::Tar(_) => kind::TAR,
+            Msg::CopyOut(_) => kind::COPY_OUT,
+            Msg::Done(_) => kind::DONE,
+            Msg::Resize(_) => kind::RESIZE,
         }
     }
 
@@ -180,7 +241,12 @@ impl Msg {
         let mut p = Vec::new();
         match self {
             Msg::Hello { version } => p.extend_from_slice(&version.to_le_bytes()),
-            Msg::Stdout(d) | Msg::Stderr(d) | Msg::Stdin(d) => p.extend_from_slice(d),
+            Msg::Stdout(d) | Msg::Stderr(d) | Msg::Stdin(d) | Msg::Tar(d) => p.extend_from_slice(d),
+            Msg::CopyIn(path) | Msg::CopyOut(path) => put_bytes(&mut p, path),
+            Msg::Done(why) => {
+                p.push(u8::from(why.is_none()));
+                put_bytes(&mut p, why.as_deref().unwrap_or_default().as_bytes());
+            }
             Msg::Exited(s) => {
                 let (how, v) = match *s {
                     ExitStatus::Code(c) => (0u8, c),
@@ -196,8 +262,11 @@ impl Msg {
                 put_list(&mut p, &e.env);
                 p.push(u8::from(e.workdir.is_some()));
                 put_bytes(&mut p, e.workdir.as_deref().unwrap_or_default());
+                p.push(u8::from(e.tty.is_some()));
+                put_size(&mut p, e.tty.unwrap_or_default());
             }
             Msg::Signal(n) => p.extend_from_slice(&n.to_le_bytes()),
+            Msg::Resize(size) => put_size(&mut p, *size),
         }
         let mut frame = Vec::with_capacity(HEADER_LEN + p.len());
         frame.push(self.kind());
@@ -213,7 +282,7 @@ impl Msg {
             return Ok(None);
         }
         let kind = buf[0];
-        if !matches!(kind, 0x01..=0x05 | 0x10..=0x12) {
+        if !matches!(kind, 0x01..=0x06 | 0x10..=0x16) {
             return Err(ProtoError::UnknownType(kind));
         }
         let len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
@@ -256,6 +325,12 @@ impl<'a> Fields<'a> {
 
     fn u32(&mut self) -> Result<u32, ProtoError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn size(&mut self) -> Result<WinSize, ProtoError> {
+        let rows = u16::from_le_bytes(self.take(2)?.try_into().expect("2"));
+        let cols = u16::from_le_bytes(self.take(2)?.try_into().expect("2"));
+        Ok(WinSize { rows, cols })
     }
 
     fn i32(&mut self) -> Result<i32, ProtoError> {
@@ -301,6 +376,44 @@ fn parse(kind: u8, payload: &[u8]) -> Result<Msg, ProtoError> {
         kind::STDOUT => Msg::Stdout(payload.to_vec()),
         kind::STDERR => Msg::Stderr(payload.to_vec()),
         kind::STDIN => Msg::Stdin(payload.to_vec()),
+        kind::TAR => Msg::Tar(payload.to_vec()),
+        kind::COPY_IN | kind::COPY_OUT => {
+            let what = if kind == kind::COPY_IN {
+                "COPY_IN"
+            } else {
+                "COPY_OUT"
+            };
+            let mut f = fields(what);
+            let path = f.bytes()?;
+            f.end()?;
+            if path.is_empty() || path.contains(&0) {
+                return Err(ProtoError::Malformed {
+                    what,
+                    why: "empty path or a NUL byte in it",
+                });
+            }
+            if kind == kind::COPY_IN {
+                Msg::CopyIn(path)
+            } else {
+                Msg::CopyOut(path)
+            }
+        }
+        kind::DONE => {
+            let mut f = fields("DONE");
+            let ok = f.u8()?;
+            let why = f.bytes()?;
+            f.end()?;
+            match ok {
+                1 => Msg::Done(None),
+                0 => Msg::Done(Some(String::from_utf8_lossy(&why).into_owned())),
+                _ => {
+                    return Err(ProtoError::Malformed {
+                        what: "DONE",
+                        why: "ok is neither 0 nor 1",
+                    })
+                }
+            }
+        }
         kind::EXITED => {
             let mut f = fields("EXITED");
             let how = f.u8()?;
@@ -327,6 +440,8 @@ fn parse(kind: u8, payload: &[u8]) -> Result<Msg, ProtoError> {
             let env = f.list()?;
             let has_workdir = f.u8()?;
             let workdir = f.bytes()?;
+            let has_tty = f.u8()?;
+            let tty = f.size()?;
             f.end()?;
             if argv.is_empty() {
                 return Err(ProtoError::Malformed {
@@ -338,7 +453,14 @@ fn parse(kind: u8, payload: &[u8]) -> Result<Msg, ProtoError> {
                 argv,
                 env,
                 workdir: (has_workdir != 0).then_some(workdir),
+                tty: (has_tty != 0).then_some(tty),
             })
+        }
+        kind::RESIZE => {
+            let mut f = fields("RESIZE");
+            let size = f.size()?;
+            f.end()?;
+            Msg::Resize(size)
         }
         kind::SIGNAL => {
             let mut f = fields("SIGNAL");
@@ -381,7 +503,7 @@ pub fn write_msg(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
     w.write_all(&msg.encode())
 }
 
-/// Writes output or input bytes as STDOUT/STDERR/STDIN frames of at most
+/// Writes output or input bytes as STDOUT/STDERR/STDIN/TAR frames of at most
 /// [`MAX_PAYLOAD`] bytes each (`make` picks the frame type). An empty
 /// `data` writes nothing: send the empty end-of-stream frame explicitly.
 pub fn write_data(w: &mut impl Write, data: &[u8], make: fn(Vec<u8>) -> Msg) -> io::Result<()> {
@@ -390,6 +512,8 @@ pub fn write_data(w: &mut impl Write, data: &[u8], make: fn(Vec<u8>) -> Msg) -> 
     }
     Ok(())
 }
+
+pub mod copy;
 
 #[cfg(test)]
 mod tests;

@@ -18,14 +18,26 @@ fn all_kinds() -> Vec<Msg> {
             ],
             env: vec![b"A=1".to_vec()],
             workdir: Some(b"/tmp".to_vec()),
+            tty: Some(WinSize { rows: 24, cols: 80 }),
         }),
         Msg::Exec(Exec {
             argv: vec![b"true".to_vec()],
             env: Vec::new(),
             workdir: None,
+            tty: None,
         }),
         Msg::Stdin(vec![7; 1000]),
         Msg::Signal(15),
+        Msg::CopyIn(b"/work dir/\xff".to_vec()),
+        Msg::Tar(vec![0; 512]),
+        Msg::Tar(Vec::new()),
+        Msg::CopyOut(b"/out".to_vec()),
+        Msg::Done(None),
+        Msg::Done(Some("no such file".into())),
+        Msg::Resize(WinSize {
+            rows: 65535,
+            cols: 1,
+        }),
     ]
 }
 
@@ -72,6 +84,9 @@ fn bad_frames_are_errors_not_panics() {
         vec![kind::EXEC, 4, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f],
         Msg::Exec(Exec::default()).encode(),
         [Msg::Signal(1).encode(), vec![0]].concat(),
+        Msg::CopyIn(Vec::new()).encode(),
+        Msg::CopyOut(b"a\0b".to_vec()).encode(),
+        vec![kind::DONE, 0, 0, 0, 0, 2, 0, 0, 0, 0],
     ] {
         let mut fixed = frame.clone();
         let len = (fixed.len() - HEADER_LEN) as u32;

@@ -7,9 +7,30 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_proto::{read_msg, write_data, write_msg, Exec, Msg, VERSION};
+use kiln_proto::{read_msg, write_data, write_msg, Exec, Msg, WinSize, VERSION};
 
+use super::copy::{fetch_out, send_in, CopyIn, CopyOut, Output};
 use super::{Outcome, Settle};
+
+/// What the session does: files in, the command, files out.
+#[derive(Clone, Debug, Default)]
+pub struct Job {
+    /// The command.
+    pub exec: Exec,
+    /// Copied in before it starts, in order.
+    pub copy_in: Vec<CopyIn>,
+    /// Copied out after it ends, in order.
+    pub copy_out: Vec<CopyOut>,
+}
+
+impl From<Exec> for Job {
+    fn from(exec: Exec) -> Job {
+        Job {
+            exec,
+            ..Job::default()
+        }
+    }
+}
 
 /// How long the agent may take from connecting to saying HELLO.
 const HELLO_WAIT: Duration = Duration::from_secs(30);
@@ -37,16 +58,10 @@ impl Stdio {
 }
 
 /// Runs the session; every way it can end settles an outcome.
-pub fn serve(
-    listener: UnixListener,
-    exec: Exec,
-    agent_wait: Duration,
-    settle: Settle,
-    stdio: Stdio,
-) {
+pub fn serve(listener: UnixListener, job: Job, agent_wait: Duration, settle: Settle, stdio: Stdio) {
     let outcome = match accept(&listener, agent_wait, &settle) {
         Ok(stream) => {
-            let outcome = session(&stream, exec, stdio, &settle);
+            let outcome = session(&stream, job, stdio, &settle);
             // Done with the agent: signals stop the VM again, and every
             // handle on the socket (input, signals) sees it closed.
             settle.stop_forwarding();
@@ -87,7 +102,7 @@ fn accept(listener: &UnixListener, wait: Duration, settle: &Settle) -> Result<Un
     }
 }
 
-fn session(stream: &UnixStream, exec: Exec, stdio: Stdio, settle: &Settle) -> Outcome {
+fn session(stream: &UnixStream, job: Job, stdio: Stdio, settle: &Settle) -> Outcome {
     let mut stream = stream;
     let Stdio {
         input,
@@ -117,7 +132,13 @@ fn session(stream: &UnixStream, exec: Exec, stdio: Stdio, settle: &Settle) -> Ou
         Ok(s) => Arc::new(Mutex::new(s)),
         Err(e) => return Outcome::Failed(format!("sandbox: cannot share the agent's socket: {e}")),
     };
-    if let Err(e) = write_msg(&mut stream, &Msg::Exec(exec)) {
+    for copy in &job.copy_in {
+        if let Err(why) = send_in(stream, copy) {
+            return Outcome::Failed(why);
+        }
+    }
+    let tty = job.exec.tty;
+    if let Err(e) = write_msg(&mut stream, &Msg::Exec(job.exec)) {
         return Outcome::GuestStopped(format!(
             "lost the guest agent before the command started: {e}"
         ));
@@ -129,14 +150,21 @@ fn session(stream: &UnixStream, exec: Exec, stdio: Stdio, settle: &Settle) -> Ou
         let to_guest = to_guest.clone();
         std::thread::spawn(move || forward_stdin(input, &to_guest));
     }
-    std::thread::spawn(move || {
-        for sig in forwarded {
-            let mut w = to_guest.lock().expect("agent writer");
-            if write_msg(&mut *w, &Msg::Signal(sig)).is_err() {
-                return;
+    if let Some(size) = tty {
+        let to_guest = to_guest.clone();
+        std::thread::spawn(move || follow_window_size(size, &to_guest));
+    }
+    {
+        let to_guest = to_guest.clone();
+        std::thread::spawn(move || {
+            for sig in forwarded {
+                let mut w = to_guest.lock().expect("agent writer");
+                if write_msg(&mut *w, &Msg::Signal(sig)).is_err() {
+                    return;
+                }
             }
-        }
-    });
+        });
+    }
     loop {
         let msg = match read_msg(&mut stream) {
             Ok(Some(m)) => m,
@@ -152,7 +180,21 @@ fn session(stream: &UnixStream, exec: Exec, stdio: Stdio, settle: &Settle) -> Ou
                 log::error!("cannot run the command: {why}");
                 Ok(())
             }
-            Msg::Exited(status) => return Outcome::Exited(status),
+            Msg::Exited(status) => {
+                let mut output = Output {
+                    out: &mut output,
+                    err: &mut errors,
+                };
+                for copy in &job.copy_out {
+                    if let Err(why) = fetch_out(stream, &to_guest, copy, &mut output) {
+                        return Outcome::Failed(format!(
+                            "{why} (the command had ended with status {})",
+                            status.shell_code()
+                        ));
+                    }
+                }
+                return Outcome::Exited(status);
+            }
             other => {
                 return Outcome::Failed(format!(
                     "the guest agent sent frame type {:#04x}, which only the host sends",
@@ -178,6 +220,24 @@ fn bad_agent(e: io::Error) -> Outcome {
         Outcome::GuestStopped(format!(
             "lost the guest agent before the command ended: {e}"
         ))
+    }
+}
+
+/// With -t: sends RESIZE whenever kiln's terminal changes size (checked
+/// five times a second) until the connection is gone.
+fn follow_window_size(mut size: WinSize, to: &Mutex<UnixStream>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let Some((rows, cols)) = crate::terminal::window_size() else {
+            continue;
+        };
+        let now = WinSize { rows, cols };
+        if now != size {
+            size = now;
+            if write_msg(&mut *to.lock().expect("agent writer"), &Msg::Resize(now)).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -207,6 +267,8 @@ fn forward_stdin(mut stdin: Box<dyn Read + Send>, to: &Mutex<UnixStream>) {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use std::path::PathBuf;
+
     use kiln_proto::{ExitStatus, VERSION};
 
     use super::super::Outcome;
@@ -233,7 +295,7 @@ mod tests {
         input: &'static [u8],
         agent: impl FnOnce(UnixStream) + Send + 'static,
     ) -> (Outcome, Vec<u8>, Vec<u8>) {
-        let (outcome, out, err, _) = run_fake(input, true, move |s, _| agent(s));
+        let (outcome, out, err, _) = run_fake(input, true, vec![], move |s, _| agent(s));
         (outcome, out, err)
     }
 
@@ -243,6 +305,7 @@ mod tests {
     fn run_fake(
         input: &'static [u8],
         linger: bool,
+        copy_out: Vec<CopyOut>,
         agent: impl FnOnce(UnixStream, Arc<VmControl>) + Send + 'static,
     ) -> (Outcome, Vec<u8>, Vec<u8>, Arc<VmControl>) {
         let dir = tempfile::tempdir().unwrap();
@@ -271,13 +334,12 @@ mod tests {
             argv: vec![b"cmd".to_vec()],
             ..Exec::default()
         };
-        serve(
-            listener,
+        let job = Job {
             exec,
-            Duration::from_secs(5),
-            settle.clone(),
-            stdio,
-        );
+            copy_out,
+            ..Job::default()
+        };
+        serve(listener, job, Duration::from_secs(5), settle.clone(), stdio);
         fake.join().unwrap();
         assert!(control.stopping(), "the outcome stops the VM");
         let outcome = settle.outcome().expect("settled");
@@ -366,7 +428,7 @@ mod tests {
 
     #[test]
     fn signals_to_kiln_reach_the_command_while_it_runs() {
-        let (outcome, _, _, control) = run_fake(b"", true, |mut s, control| {
+        let (outcome, _, _, control) = run_fake(b"", true, vec![], |mut s, control| {
             hello(&mut s);
             assert!(matches!(read_msg(&mut s), Ok(Some(Msg::Exec(_)))));
             // kiln gets SIGTERM now (the event loop would call this); the
@@ -397,7 +459,7 @@ mod tests {
 
     #[test]
     fn an_agent_that_goes_away_is_a_stopped_guest() {
-        let (o, ..) = run_fake(b"", false, |mut s, _| {
+        let (o, ..) = run_fake(b"", false, vec![], |mut s, _| {
             hello(&mut s);
             write_msg(&mut s, &Msg::Stdout(b"partial".to_vec())).unwrap();
         });
@@ -411,7 +473,7 @@ mod tests {
         let settle = Settle::new(Arc::new(VmControl::new(1).unwrap()));
         serve(
             listener.try_clone().unwrap(),
-            Exec::default(),
+            Job::default(),
             Duration::from_millis(50),
             settle.clone(),
             quiet_stdio(),
@@ -425,13 +487,95 @@ mod tests {
         let settle = Settle::new(control);
         serve(
             listener,
-            Exec::default(),
+            Job::default(),
             Duration::from_secs(60),
             settle.clone(),
             quiet_stdio(),
         );
         assert!(
             matches!(settle.outcome(), Some(Outcome::AgentNeverUp(why)) if why.contains("stopped before"))
+        );
+    }
+
+    /// A fake agent that ends the command at once and answers one
+    /// COPY_OUT with `tar` (output frames mixed in) and DONE.
+    fn copy_out_with(tar: Vec<u8>, dest: PathBuf) -> (Outcome, Vec<u8>) {
+        let copy = CopyOut {
+            guest: b"/guest/thing".to_vec(),
+            host: dest,
+        };
+        let (outcome, out, _, _) = run_fake(b"", true, vec![copy], move |mut s, _| {
+            hello(&mut s);
+            assert!(matches!(read_msg(&mut s), Ok(Some(Msg::Exec(_)))));
+            write_msg(&mut s, &Msg::Exited(ExitStatus::Code(3))).unwrap();
+            loop {
+                match read_msg(&mut s).unwrap() {
+                    Some(Msg::CopyOut(p)) => {
+                        assert_eq!(p, b"/guest/thing");
+                        break;
+                    }
+                    Some(Msg::Stdin(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            for (i, chunk) in tar.chunks(700).enumerate() {
+                write_msg(&mut s, &Msg::Tar(chunk.to_vec())).unwrap();
+                if i == 1 {
+                    write_msg(&mut s, &Msg::Stdout(b"late output".to_vec())).unwrap();
+                }
+            }
+            write_msg(&mut s, &Msg::Tar(Vec::new())).unwrap();
+            write_msg(&mut s, &Msg::Done(None)).unwrap();
+        });
+        (outcome, out)
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o4755);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_copy_out_lands_in_place_without_set_user_id_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("got");
+        let data = vec![5u8; 3000];
+        let (outcome, out) = copy_out_with(tar_of(&[("thing", &data)]), dest.clone());
+        assert_eq!(outcome, Outcome::Exited(ExitStatus::Code(3)));
+        assert_eq!(
+            out, b"late output",
+            "output in the middle of a copy still arrives"
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn a_hostile_copy_out_is_refused_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("got");
+        let two = tar_of(&[("a", b"1"), ("b", b"2")]);
+        let (outcome, _) = copy_out_with(two, dest.clone());
+        let Outcome::Failed(why) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            why.contains("bad copy") && why.contains("status 3"),
+            "{why}"
+        );
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "nothing left"
         );
     }
 }

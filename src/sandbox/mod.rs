@@ -11,15 +11,17 @@
 //! `--console` says otherwise, so kiln's stdout carries only the command's.
 
 mod client;
+mod copy;
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_proto::{Exec, ExitStatus, AGENT_PORT};
+use kiln_proto::{Exec, ExitStatus, WinSize, AGENT_PORT};
 
 use crate::cli::RunArgs;
 use crate::config::VmConfig;
@@ -86,6 +88,12 @@ pub enum SandboxError {
     /// The private directory or the agent socket could not be made.
     #[error("cannot prepare the sandbox: {0}")]
     Setup(std::io::Error),
+    /// -t without a terminal.
+    #[error("-t needs a terminal on stdin (leave -t out when input comes from a pipe or file)")]
+    NoTerminal,
+    /// A bad --copy-in or --copy-out.
+    #[error(transparent)]
+    Copy(#[from] copy::CopyError),
 }
 
 /// How a sandbox run ended.
@@ -204,6 +212,13 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
         }
     };
     let settle = Settle::new(control.clone());
+    // -t: keys go to the guest's terminal as they are typed (restored
+    // before kiln's closing line, on every way out of here).
+    let raw = prepared
+        .job
+        .exec
+        .tty
+        .and_then(|_| crate::terminal::RawTerminal::enable_full());
     let agent_wait = if crate::pvm::detect() {
         AGENT_WAIT_NESTED
     } else {
@@ -211,9 +226,9 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
     };
     let client = {
         let settle = settle.clone();
-        let (listener, exec) = (prepared.listener, prepared.exec);
+        let (listener, job) = (prepared.listener, prepared.job);
         std::thread::spawn(move || {
-            client::serve(listener, exec, agent_wait, settle, client::Stdio::inherit())
+            client::serve(listener, job, agent_wait, settle, client::Stdio::inherit())
         })
     };
     if let Some(limit) = prepared.timeout {
@@ -246,6 +261,7 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
             ),
         },
     };
+    drop(raw);
     if let Some(line) = line {
         log::error!("{line}");
     }
@@ -256,7 +272,7 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
 /// What [`run`] needs, made before the VM starts.
 struct Prepared {
     config: VmConfig,
-    exec: Exec,
+    job: client::Job,
     timeout: Option<Duration>,
     listener: UnixListener,
     /// The console's last bytes.
@@ -274,7 +290,35 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
         .as_deref()
         .map(|t| parse_duration(t).ok_or_else(|| SandboxError::Timeout(t.to_string())))
         .transpose()?;
-    let env = compose_env(&args.env)?;
+    let tty = if args.tty {
+        if !std::io::stdin().is_terminal() {
+            return Err(SandboxError::NoTerminal.into());
+        }
+        let (rows, cols) = crate::terminal::window_size().unwrap_or((24, 80));
+        Some(WinSize { rows, cols })
+    } else {
+        None
+    };
+    // On a terminal the command learns its type from TERM, kiln's own
+    // unless --env says otherwise.
+    let mut env_args = args.env.clone();
+    if tty.is_some() {
+        let term = std::env::var_os("TERM").unwrap_or_else(|| "xterm".into());
+        let mut entry = OsString::from("TERM=");
+        entry.push(term);
+        env_args.insert(0, entry);
+    }
+    let env = compose_env(&env_args)?;
+    let copy_in = args
+        .copy_in
+        .iter()
+        .map(|s| copy::parse_copy_in(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let copy_out = args
+        .copy_out
+        .iter()
+        .map(|s| copy::parse_copy_out(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let exec = Exec {
         argv: args
             .command
@@ -284,6 +328,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
             .collect(),
         env,
         workdir: args.workdir.clone().map(OsString::into_vec),
+        tty,
     };
     let mut vm = args.clone();
     let mut sandbox_cmdline = SANDBOX_CMDLINE;
@@ -325,7 +370,11 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
         .map_err(SandboxError::Setup)?;
     Ok(Prepared {
         config,
-        exec,
+        job: client::Job {
+            exec,
+            copy_in,
+            copy_out,
+        },
         timeout,
         listener,
         tail,

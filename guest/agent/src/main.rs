@@ -8,10 +8,10 @@
 //! same but leaves mounts and the machine alone, which is how an image
 //! with its own init can start it.
 
+mod pty;
 mod session;
 mod sys;
 
-use std::io::Read;
 use std::time::Duration;
 
 use kiln_proto::AGENT_PORT;
@@ -20,7 +20,8 @@ use kiln_proto::AGENT_PORT;
 const HOST_CID: u32 = 2;
 /// How long to keep trying to reach the host.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
-/// How long to wait for the host to take the exit status and stop the VM.
+/// After the exit status, how long to wait for the host's next request
+/// or for it to stop the VM.
 const GOODBYE_WAIT: Duration = Duration::from_secs(5);
 
 fn main() {
@@ -30,24 +31,16 @@ fn main() {
         let _ = std::fs::write("/proc/sys/kernel/hostname", "kiln");
     }
     let result = sys::vsock_connect(HOST_CID, AGENT_PORT, CONNECT_WITHIN).and_then(|conn| {
-        let mut waiter = conn.try_clone()?;
         let opts = session::Options {
             reap_all: pid1,
             watch_oom: pid1,
+            goodbye: GOODBYE_WAIT,
             ..Default::default()
         };
-        session::serve(conn, &opts)?;
-        // The host stops the VM once it has the status; wait for that (or
-        // for it to close the connection) before resetting, so the status
-        // is not lost in flight.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 256];
-            while matches!(waiter.read(&mut buf), Ok(n) if n > 0) {}
-            let _ = tx.send(());
-        });
-        let _ = rx.recv_timeout(GOODBYE_WAIT);
-        Ok(())
+        // Returns once the host has closed the connection (it stops the
+        // VM once it has the status and its files) or gone quiet, so
+        // nothing is lost in flight.
+        session::serve(conn, &opts).map(drop)
     });
     let code = match result {
         Ok(()) => 0,

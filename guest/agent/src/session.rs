@@ -1,18 +1,23 @@
 //! One sandbox session over a connected channel (vsock in the guest, a
-//! socket pair in the unit tests): say HELLO, take EXEC, run the command
-//! with its stdin, stdout and stderr on pipes, stream them, forward
-//! signals, report how it ended. See the kiln-proto crate for the frames.
+//! socket pair in the unit tests): say HELLO, unpack the files the host
+//! copies in, take EXEC, run the command with its stdin, stdout and stderr
+//! on pipes, stream them, forward signals, report how it ended, send back
+//! the files the host asks for. See the kiln-proto crate for the frames.
 
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use crate::pty::{self, Pty};
+use kiln_proto::copy::{pack, staging_parent, unpack, TarReader, TarWriter};
 use kiln_proto::{read_msg, write_data, write_msg, ExitStatus, Msg, VERSION};
 
 /// A byte stream that can be split into a reading and a writing half.
@@ -46,6 +51,9 @@ pub struct Options {
     pub workdir: &'static str,
     /// Tell an out-of-memory kill apart (reads the kernel log).
     pub watch_oom: bool,
+    /// After EXITED, how long to wait for the host's next request (a
+    /// COPY_OUT) or for it to close the connection.
+    pub goodbye: Duration,
 }
 
 impl Default for Options {
@@ -55,6 +63,7 @@ impl Default for Options {
             drain: Duration::from_secs(2),
             workdir: "/",
             watch_oom: false,
+            goodbye: Duration::from_secs(5),
         }
     }
 }
@@ -64,71 +73,168 @@ pub fn serve<C: Channel>(conn: C, opts: &Options) -> io::Result<ExitStatus> {
     let mut reader = conn.try_clone()?;
     let writer = Arc::new(Mutex::new(conn));
     send(&writer, &Msg::Hello { version: VERSION })?;
-    let exec = match read_msg(&mut reader)? {
-        Some(Msg::Exec(e)) => e,
-        Some(other) => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("expected EXEC, got frame type {:#04x}", other.kind()),
-            ))
+    let exec = loop {
+        match read_msg(&mut reader)? {
+            Some(Msg::Exec(e)) => break e,
+            Some(Msg::CopyIn(path)) => {
+                let result = copy_in(&mut reader, &path)?;
+                send(&writer, &Msg::Done(result.err()))?;
+            }
+            Some(other) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("expected EXEC, got frame type {:#04x}", other.kind()),
+                ))
+            }
+            None => return Err(io::ErrorKind::UnexpectedEof.into()),
         }
-        None => return Err(io::ErrorKind::UnexpectedEof.into()),
     };
+    // Frames from the host from now on: input for the command's stdin
+    // (written by a thread of its own, so a command that does not read
+    // cannot block signals), signals for the command once it runs, and
+    // the rest (COPY_OUT after the command) in `requests`.
+    let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>();
+    let (request_tx, requests) = mpsc::channel::<Msg>();
+    let command_pid = Arc::new(AtomicI32::new(0));
+    let terminal: Arc<Mutex<Terminal>> = Arc::default();
+    {
+        let command_pid = command_pid.clone();
+        let terminal = terminal.clone();
+        thread::spawn(move || {
+            while let Ok(Some(msg)) = read_msg(&mut reader) {
+                match msg {
+                    Msg::Stdin(data) => {
+                        let _ = in_tx.send(data);
+                    }
+                    Msg::Signal(sig) => {
+                        let pid = command_pid.load(Ordering::Acquire);
+                        if pid > 0 {
+                            // SAFETY: kill(2) on the command's pid; no memory involved.
+                            unsafe { libc::kill(pid, sig) };
+                        }
+                    }
+                    Msg::Resize(size) => terminal.lock().expect("terminal").resize(size),
+                    other => {
+                        let _ = request_tx.send(other);
+                    }
+                }
+            }
+        });
+    }
+    let status = run(&exec, opts, &writer, in_rx, &command_pid, &terminal)?;
+    send(&writer, &Msg::Exited(status))?;
+    // Requests for files until the host closes the connection or goes
+    // quiet (then the guest may power off).
+    while let Ok(msg) = requests.recv_timeout(opts.goodbye) {
+        if let Msg::CopyOut(path) = msg {
+            copy_out(&writer, &path)?;
+        }
+    }
+    Ok(status)
+}
+
+/// The command's terminal, for RESIZE frames: its master once it is
+/// open, else the size that arrived before it was.
+#[derive(Default)]
+pub struct Terminal {
+    master: Option<std::fs::File>,
+    pending: Option<kiln_proto::WinSize>,
+}
+
+impl Terminal {
+    fn resize(&mut self, size: kiln_proto::WinSize) {
+        match &self.master {
+            Some(m) => {
+                let _ = pty::resize(m, size);
+            }
+            None => self.pending = Some(size),
+        }
+    }
+
+    fn attach(&mut self, master: std::fs::File) {
+        if let Some(size) = self.pending.take() {
+            let _ = pty::resize(&master, size);
+        }
+        self.master = Some(master);
+    }
+}
+
+/// Runs the command with `input` on its stdin and its output streamed;
+/// returns how it ended.
+fn run<C: Channel>(
+    exec: &kiln_proto::Exec,
+    opts: &Options,
+    writer: &Arc<Mutex<C>>,
+    input: mpsc::Receiver<Vec<u8>>,
+    command_pid: &AtomicI32,
+    terminal: &Mutex<Terminal>,
+) -> io::Result<ExitStatus> {
     let mut oom = opts.watch_oom.then(crate::sys::OomWatch::start);
-    let mut child = match spawn(&exec, opts) {
+    let pty = match exec.tty.map(Pty::open).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            send(
+                writer,
+                &Msg::Failed(format!("cannot open a pseudo-terminal: {e}")),
+            )?;
+            return Ok(ExitStatus::Code(126));
+        }
+    };
+    let mut child = match spawn(exec, opts, pty.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             let name = String::from_utf8_lossy(&exec.argv[0]).into_owned();
-            send(&writer, &Msg::Failed(format!("{name}: {e}")))?;
+            send(writer, &Msg::Failed(format!("{name}: {e}")))?;
             // As a shell: 127 when there is no such program, else 126.
             let code = if e.kind() == io::ErrorKind::NotFound {
                 127
             } else {
                 126
             };
-            let status = ExitStatus::Code(code);
-            send(&writer, &Msg::Exited(status))?;
-            return Ok(status);
+            return Ok(ExitStatus::Code(code));
         }
     };
-    let pid = child.id() as i32;
+    command_pid.store(child.id() as i32, Ordering::Release);
 
-    // Output pumps: each says when its stream has closed.
+    // Output pumps: each says when its stream has closed. On a terminal
+    // there is one stream, and the end of input is not passed on (closing
+    // the terminal would hang it up; ^D is how a terminal ends input).
     let (done_tx, done_rx) = mpsc::channel();
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    pump(stdout, writer.clone(), Msg::Stdout, done_tx.clone());
-    pump(stderr, writer.clone(), Msg::Stderr, done_tx);
-
-    // Input: frames from the host; stdin is written by a thread of its
-    // own so a command that does not read cannot block signals.
-    let stdin = child.stdin.take().expect("piped");
-    let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>();
+    let tty = pty.is_some();
+    let (streams, stdin): (usize, Box<dyn Write + Send>) = match pty {
+        Some(pty) => {
+            let master = pty.release_terminal();
+            terminal
+                .lock()
+                .expect("terminal")
+                .attach(master.try_clone()?);
+            pump(master.try_clone()?, writer.clone(), Msg::Stdout, done_tx);
+            (1, Box::new(master))
+        }
+        None => {
+            let stdout = child.stdout.take().expect("piped");
+            let stderr = child.stderr.take().expect("piped");
+            pump(stdout, writer.clone(), Msg::Stdout, done_tx.clone());
+            pump(stderr, writer.clone(), Msg::Stderr, done_tx);
+            (2, Box::new(child.stdin.take().expect("piped")))
+        }
+    };
     thread::spawn(move || {
         let mut stdin = Some(stdin);
-        for data in in_rx {
+        for data in input {
             let Some(s) = stdin.as_mut() else { continue };
+            if data.is_empty() && tty {
+                continue;
+            }
             if data.is_empty() || s.write_all(&data).is_err() {
                 stdin = None; // end of input, or the command closed it
             }
         }
     });
-    thread::spawn(move || {
-        while let Ok(Some(msg)) = read_msg(&mut reader) {
-            match msg {
-                Msg::Stdin(data) => {
-                    let _ = in_tx.send(data);
-                }
-                // SAFETY: kill(2) on the command's pid; no memory involved.
-                Msg::Signal(sig) => unsafe {
-                    libc::kill(pid, sig);
-                },
-                _ => {}
-            }
-        }
-    });
 
     let mut status = wait(&mut child, opts.reap_all)?;
+    command_pid.store(0, Ordering::Release);
+    terminal.lock().expect("terminal").master = None;
     if matches!(
         status,
         ExitStatus::Signal(libc::SIGKILL) | ExitStatus::Code(137)
@@ -137,13 +243,47 @@ pub fn serve<C: Channel>(conn: C, opts: &Options) -> io::Result<ExitStatus> {
         status = ExitStatus::OomKilled(status.shell_code());
     }
     // Let the output drain, but not forever.
-    for _ in 0..2 {
+    for _ in 0..streams {
         if done_rx.recv_timeout(opts.drain).is_err() {
             break;
         }
     }
-    send(&writer, &Msg::Exited(status))?;
     Ok(status)
+}
+
+fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// Unpacks the TAR frames that follow COPY_IN at guest path `dest` (an
+/// absolute path; missing parents are made). The outer error is the
+/// connection's, the inner one what DONE reports.
+fn copy_in(reader: &mut impl Read, dest: &[u8]) -> io::Result<Result<(), String>> {
+    let path = Path::new(OsStr::from_bytes(dest));
+    let mut tar = TarReader::new(|| read_msg(reader));
+    let result = if path.is_absolute() {
+        let parent = staging_parent(path);
+        std::fs::create_dir_all(&parent)
+            .and_then(|()| unpack(&mut tar, &parent, true))
+            .and_then(|staged| staged.commit(path, true))
+            .map(drop)
+            .map_err(|e| format!("{}: {e}", show(dest)))
+    } else {
+        Err(format!("{}: not an absolute path", show(dest)))
+    };
+    tar.drain()?;
+    Ok(result)
+}
+
+/// Sends guest path `path` back as TAR frames and DONE.
+fn copy_out<C: Write>(writer: &Mutex<C>, path: &[u8]) -> io::Result<()> {
+    let mut tar = TarWriter::new(|m| send(writer, &m));
+    let packed = pack(Path::new(OsStr::from_bytes(path)), &mut tar);
+    tar.finish()?;
+    send(
+        writer,
+        &Msg::Done(packed.err().map(|e| format!("{}: {e}", show(path)))),
+    )
 }
 
 fn send<C: Write>(w: &Mutex<C>, msg: &Msg) -> io::Result<()> {
@@ -152,7 +292,7 @@ fn send<C: Write>(w: &Mutex<C>, msg: &Msg) -> io::Result<()> {
     w.flush()
 }
 
-fn spawn(exec: &kiln_proto::Exec, opts: &Options) -> io::Result<Child> {
+fn spawn(exec: &kiln_proto::Exec, opts: &Options, pty: Option<&Pty>) -> io::Result<Child> {
     let mut cmd = Command::new(OsStr::from_bytes(&exec.argv[0]));
     cmd.args(exec.argv[1..].iter().map(|a| OsStr::from_bytes(a)))
         .env_clear()
@@ -164,6 +304,9 @@ fn spawn(exec: &kiln_proto::Exec, opts: &Options) -> io::Result<Child> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(pty) = pty {
+        pty.attach(&mut cmd)?;
+    }
     for kv in &exec.env {
         let (k, v) = match kv.iter().position(|&b| b == b'=') {
             Some(i) => (&kv[..i], &kv[i + 1..]),
@@ -230,6 +373,8 @@ fn wait(child: &mut Child, reap_all: bool) -> io::Result<ExitStatus> {
 mod tests {
     use std::os::unix::net::UnixStream;
 
+    use std::os::unix::ffi::OsStrExt;
+
     use kiln_proto::Exec;
 
     use super::*;
@@ -246,6 +391,7 @@ mod tests {
             argv: argv.iter().map(|a| a.to_vec()).collect(),
             env: env.iter().map(|a| a.to_vec()).collect(),
             workdir: None,
+            tty: None,
         };
         write_msg(&mut host, &Msg::Exec(exec)).unwrap();
         write_data(&mut host, stdin, Msg::Stdin).unwrap();
@@ -258,6 +404,7 @@ mod tests {
                 break;
             }
         }
+        drop(host); // the host is done: the agent stops waiting
         (msgs, server.join().unwrap())
     }
 
@@ -333,12 +480,147 @@ mod tests {
             argv: vec![b"sleep".to_vec(), b"30".to_vec()],
             env: vec![b"PATH=/bin:/usr/bin".to_vec()],
             workdir: Some(b"/tmp".to_vec()),
+            tty: None,
         };
         write_msg(&mut host, &Msg::Exec(exec)).unwrap();
         thread::sleep(Duration::from_millis(100));
         write_msg(&mut host, &Msg::Signal(libc::SIGTERM)).unwrap();
+        while !matches!(read_msg(&mut host).unwrap(), Some(Msg::Exited(_))) {}
+        drop(host);
         let status = server.join().unwrap().unwrap();
         assert_eq!(status, ExitStatus::Signal(libc::SIGTERM));
         assert_eq!(status.shell_code(), 143);
+    }
+
+    /// Sends `path` as COPY_IN to `dest` and returns the agent's DONE.
+    fn copy_in(host: &mut UnixStream, path: &Path, dest: &[u8]) -> Option<String> {
+        write_msg(host, &Msg::CopyIn(dest.to_vec())).unwrap();
+        let mut tar = TarWriter::new(|m| write_msg(host, &m));
+        pack(path, &mut tar).unwrap();
+        tar.finish().unwrap();
+        match read_msg(host).unwrap() {
+            Some(Msg::Done(why)) => why,
+            other => panic!("expected DONE, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn files_copied_in_are_there_for_the_command_and_copied_out_after() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("in");
+        std::fs::create_dir_all(src.join("empty")).unwrap();
+        std::fs::write(src.join("data"), b"copied in\n").unwrap();
+        let guest = d.path().join("guest");
+        let guest_in = guest.join("deep/in");
+        let (agent, mut host) = UnixStream::pair().unwrap();
+        let opts = Options {
+            goodbye: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let server = thread::spawn(move || serve(agent, &opts));
+        read_msg(&mut host).unwrap();
+        // Parents are made; a relative destination is refused and the
+        // session goes on.
+        assert_eq!(
+            copy_in(&mut host, &src, guest_in.as_os_str().as_bytes()),
+            None
+        );
+        let why = copy_in(&mut host, &src, b"relative/path").unwrap();
+        assert!(why.contains("not an absolute path"), "{why}");
+        let script = "cat in/data && test -d in/empty && mkdir out && echo made >out/file";
+        let exec = Exec {
+            argv: vec![b"sh".to_vec(), b"-c".to_vec(), script.as_bytes().to_vec()],
+            env: vec![b"PATH=/bin:/usr/bin".to_vec()],
+            workdir: Some(guest.join("deep").as_os_str().as_bytes().to_vec()),
+            tty: None,
+        };
+        write_msg(&mut host, &Msg::Exec(exec)).unwrap();
+        write_msg(&mut host, &Msg::Stdin(Vec::new())).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match read_msg(&mut host).unwrap().unwrap() {
+                Msg::Stdout(d) => out.extend(d),
+                Msg::Exited(s) => {
+                    assert_eq!(s, ExitStatus::Code(0));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(out, b"copied in\n");
+        // Copy-out: the tree the command made, then a path that is not there.
+        let back = d.path().join("back");
+        for (path, ok) in [(guest.join("deep/out"), true), (guest.join("nope"), false)] {
+            write_msg(
+                &mut host,
+                &Msg::CopyOut(path.as_os_str().as_bytes().to_vec()),
+            )
+            .unwrap();
+            let mut reader = host.try_clone().unwrap();
+            let mut tar = TarReader::new(|| read_msg(&mut reader));
+            let staged = unpack(&mut tar, d.path(), false);
+            tar.drain().unwrap();
+            let done = read_msg(&mut host).unwrap();
+            if ok {
+                assert_eq!(done, Some(Msg::Done(None)));
+                staged.unwrap().commit(&back, false).unwrap();
+            } else {
+                assert!(
+                    matches!(done, Some(Msg::Done(Some(ref why))) if why.contains("nope")),
+                    "{done:?}"
+                );
+            }
+        }
+        assert_eq!(std::fs::read(back.join("file")).unwrap(), b"made\n");
+        drop(host);
+        assert_eq!(server.join().unwrap().unwrap(), ExitStatus::Code(0));
+    }
+
+    #[test]
+    fn a_command_on_a_terminal_sees_its_size_input_and_resizes() {
+        let (agent, mut host) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || serve(agent, &Options::default()));
+        read_msg(&mut host).unwrap();
+        let script = "stty size; tty; read x; echo \"got $x\"; stty size; exit 4";
+        let exec = Exec {
+            argv: vec![b"sh".to_vec(), b"-c".to_vec(), script.as_bytes().to_vec()],
+            env: vec![b"PATH=/bin:/usr/bin".to_vec()],
+            workdir: None,
+            tty: Some(kiln_proto::WinSize {
+                rows: 33,
+                cols: 101,
+            }),
+        };
+        write_msg(&mut host, &Msg::Exec(exec)).unwrap();
+        // The end of input is not passed on to a terminal.
+        write_msg(&mut host, &Msg::Stdin(Vec::new())).unwrap();
+        let (mut out, mut errors, mut sent) = (Vec::new(), 0, false);
+        let status = loop {
+            match read_msg(&mut host).unwrap().unwrap() {
+                Msg::Stdout(d) => {
+                    out.extend(d);
+                    // Once it reads: a resize, then the line.
+                    if !sent && String::from_utf8_lossy(&out).contains("/dev/pts/") {
+                        let size = kiln_proto::WinSize {
+                            rows: 40,
+                            cols: 120,
+                        };
+                        write_msg(&mut host, &Msg::Resize(size)).unwrap();
+                        write_msg(&mut host, &Msg::Stdin(b"hello\n".to_vec())).unwrap();
+                        sent = true;
+                    }
+                }
+                Msg::Stderr(_) => errors += 1,
+                Msg::Exited(s) => break s,
+                other => panic!("{other:?}"),
+            }
+        };
+        drop(host);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert_eq!(status, ExitStatus::Code(4));
+        assert!(out.starts_with("33 101\r\n/dev/pts/"), "{out:?}");
+        assert!(out.ends_with("hello\r\ngot hello\r\n40 120\r\n"), "{out:?}");
+        assert_eq!(errors, 0, "a terminal has one output stream");
+        server.join().unwrap().unwrap();
     }
 }
