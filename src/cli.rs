@@ -67,9 +67,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH[,cid=N]")]
     pub vsock: Option<String>,
 
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub cpus: u32,
+    /// Number of vCPUs (1-32).
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub cpus: i64,
 
     /// Write no ACPI tables: the guest finds its CPUs through the MP table
     /// and its virtio devices through the command line only (kernels built
@@ -78,7 +83,12 @@ pub struct RunArgs {
     pub no_acpi: bool,
 
     /// Guest RAM, e.g. 128M, 1G, 1536M (suffixes K, M, G; bare numbers are MiB).
-    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    #[arg(
+        long,
+        default_value = "256M",
+        value_name = "SIZE",
+        allow_negative_numbers = true
+    )]
     pub memory: String,
 
     /// Where the serial console goes: stdio (output to stdout, input from
@@ -140,4 +150,72 @@ pub struct RunArgs {
     /// The KVM device to use.
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH", hide = true)]
     pub kvm_device: PathBuf,
+}
+
+/// clap's rendered error as one line: its first line without the
+/// "error: " prefix, its tips after a semicolon, and where to find help.
+pub fn one_line_error(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("bad command line");
+    let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
+        // clap's advice to pass a value after `--` would make it the
+        // sandbox's command here.
+        if !tip.contains("'--") || !tip.contains("use '-- ") {
+            line.push_str("; ");
+            line.push_str(tip);
+        }
+    }
+    line.push_str(" (kiln run --help lists the options)");
+    line
+}
+
+/// Whether the command line gives a sandbox command (something after `--`).
+pub fn has_sandbox_command(args: &[OsString]) -> bool {
+    args.iter()
+        .position(|a| a == "--")
+        .is_some_and(|i| i + 1 < args.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_line(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).unwrap_err();
+        one_line_error(&e.render().to_string())
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_without_clap_prefix() {
+        for args in [
+            &["kiln", "run", "--bogus"][..],
+            &["kiln", "frobnicate"],
+            &["kiln", "run", "--cpus", "abc"],
+            &["kiln", "run", "--cpus", "1.5"],
+            &["kiln", "run", "--cpu", "2"],
+            &["kiln", "run", "--memory"],
+        ] {
+            let line = error_line(args);
+            assert!(!line.contains('\n'), "{args:?}: {line}");
+            assert!(!line.starts_with("error"), "{args:?}: {line}");
+            assert!(line.ends_with("(kiln run --help lists the options)"));
+        }
+        assert!(error_line(&["kiln", "run", "--cpu", "2"]).contains("'--cpus'"));
+    }
+
+    #[test]
+    fn negative_numbers_reach_kilns_own_checks() {
+        let cli = Cli::try_parse_from(["kiln", "run", "--memory", "-5", "--cpus", "-1"]).unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!((args.memory.as_str(), args.cpus), ("-5", -1));
+    }
+
+    #[test]
+    fn a_sandbox_command_follows_double_dash() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(has_sandbox_command(&os(&["kiln", "run", "--", "true"])));
+        assert!(!has_sandbox_command(&os(&["kiln", "run", "--"])));
+        assert!(!has_sandbox_command(&os(&["kiln", "run", "--cpus", "2"])));
+    }
 }

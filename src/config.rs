@@ -3,6 +3,7 @@
 //! problem and what to do about it.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use boot::loader;
@@ -39,6 +40,14 @@ pub enum ConfigError {
         /// The path given.
         path: PathBuf,
     },
+    /// A kernel file that is cut short or not a kernel after all.
+    #[error("kernel {path} cannot be booted: {source}; give kiln a whole vmlinux or bzImage")]
+    BadKernel {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: loader::LoaderError,
+    },
     /// An empty initrd.
     #[error("initrd {path} is empty")]
     EmptyInitrd {
@@ -49,32 +58,32 @@ pub enum ConfigError {
     #[error("invalid --memory '{0}': use a size such as 128M, 1G or 1536M")]
     MemoryParse(String),
     /// --memory too small.
-    #[error("--memory {got} MiB is too small: kiln needs at least {min} MiB")]
+    #[error("--memory {got} is too small: kiln needs at least {min} MiB")]
     MemoryTooSmall {
-        /// What was asked for, MiB.
-        got: u64,
+        /// What was asked for, as [`describe_size`] gives it.
+        got: String,
         /// The minimum, MiB.
         min: u64,
     },
     /// --memory larger than the host.
-    #[error("--memory {got} MiB exceeds this host's RAM ({host} MiB); ask for less")]
+    #[error("--memory {got} exceeds this host's RAM ({host} MiB); ask for less")]
     MemoryTooLarge {
-        /// What was asked for, MiB.
-        got: u64,
+        /// What was asked for, as [`describe_size`] gives it.
+        got: String,
         /// Host RAM, MiB.
         host: u64,
     },
     /// --memory not a multiple of the page size.
     #[error("--memory must be a multiple of 4 KiB")]
     MemoryUnaligned,
-    /// --cpus 0.
+    /// --cpus 0 or less.
     #[error("--cpus must be at least 1")]
     NoCpus,
     /// --cpus above kiln's limit.
     #[error("--cpus {got} is more than kiln supports ({max})")]
     TooManyCpus {
         /// What was asked for.
-        got: u32,
+        got: i64,
         /// The limit.
         max: u32,
     },
@@ -89,6 +98,27 @@ pub enum ConfigError {
     /// --root-disk without a disk.
     #[error("--root-disk needs a --disk to boot from")]
     RootDiskWithoutDisk,
+    /// One image given twice (by any path).
+    #[error("--disk {second} is the same file as --disk {first}: give each disk once")]
+    DiskTwice {
+        /// The first path naming it.
+        first: PathBuf,
+        /// The later one.
+        second: PathBuf,
+    },
+    /// One tap given twice.
+    #[error("--net tap={0} is given twice: each card needs its own tap")]
+    TapTwice(String),
+    /// The console file is one of the VM's inputs.
+    #[error("--console file:{console} is the VM's {what} {path}: kiln would write the console into it; give the console its own file")]
+    ConsoleIsInput {
+        /// The console path.
+        console: PathBuf,
+        /// "kernel", "initrd" or "disk image".
+        what: &'static str,
+        /// The input's path as given.
+        path: PathBuf,
+    },
     /// A --net option did not parse.
     #[error("invalid --net '{spec}': {why}; use tap=NAME[,mac=MAC]")]
     NetSpec {
@@ -353,11 +383,18 @@ pub fn host_ram_bytes() -> Option<u64> {
 }
 
 fn open_file(what: &'static str, path: &Path) -> Result<File, ConfigError> {
-    let file = File::open(path).map_err(|source| ConfigError::Open {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO must not hang kiln waiting for a writer; it is
+    // refused below like any other file that is not a regular one.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| ConfigError::Open {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })?;
     let meta = file.metadata().map_err(|source| ConfigError::Open {
         what,
         path: path.to_path_buf(),
@@ -372,12 +409,27 @@ fn open_file(what: &'static str, path: &Path) -> Result<File, ConfigError> {
     Ok(file)
 }
 
+/// A file's identity, (device, inode), following symlinks; None when it
+/// does not exist (yet).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A size as a person reads it, never rounded: "40 MiB", "40000 KiB",
+/// "1000 bytes".
+pub fn describe_size(bytes: u64) -> String {
+    match bytes {
+        b if b.is_multiple_of(1 << 20) => format!("{} MiB", b >> 20),
+        b if b.is_multiple_of(1 << 10) => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
 /// Checks the memory size against kiln's minimum and the host's RAM.
 pub fn check_memory(mem_size: u64, host_ram: Option<u64>) -> Result<(), ConfigError> {
-    let mib = mem_size >> 20;
     if mem_size < MIN_MEMORY_MIB << 20 {
         return Err(ConfigError::MemoryTooSmall {
-            got: mib,
+            got: describe_size(mem_size),
             min: MIN_MEMORY_MIB,
         });
     }
@@ -387,7 +439,7 @@ pub fn check_memory(mem_size: u64, host_ram: Option<u64>) -> Result<(), ConfigEr
     if let Some(host) = host_ram {
         if mem_size > host {
             return Err(ConfigError::MemoryTooLarge {
-                got: mib,
+                got: describe_size(mem_size),
                 host: host >> 20,
             });
         }
@@ -397,10 +449,10 @@ pub fn check_memory(mem_size: u64, host_ram: Option<u64>) -> Result<(), ConfigEr
 
 /// Checks the vCPU count against kiln's own limit (KVM's is checked when
 /// /dev/kvm is open).
-pub fn check_cpus(cpus: u32) -> Result<u8, ConfigError> {
+pub fn check_cpus(cpus: i64) -> Result<u8, ConfigError> {
     match cpus {
-        0 => Err(ConfigError::NoCpus),
-        n if n > MAX_CPUS => Err(ConfigError::TooManyCpus {
+        ..=0 => Err(ConfigError::NoCpus),
+        n if n > i64::from(MAX_CPUS) => Err(ConfigError::TooManyCpus {
             got: n,
             max: MAX_CPUS,
         }),
@@ -428,8 +480,16 @@ impl VmConfig {
         }
         let kernel_path = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
         let mut kernel = open_file("kernel", &kernel_path)?;
-        loader::detect_file(&mut kernel).map_err(|_| ConfigError::NotAKernel {
-            path: kernel_path.clone(),
+        loader::check_file(&mut kernel).map_err(|e| match e {
+            loader::LoaderError::UnknownFormat | loader::LoaderError::Read(_) => {
+                ConfigError::NotAKernel {
+                    path: kernel_path.clone(),
+                }
+            }
+            source => ConfigError::BadKernel {
+                path: kernel_path.clone(),
+                source,
+            },
         })?;
         if let Some(path) = &args.initrd {
             let f = open_file("initrd", path)?;
@@ -447,12 +507,46 @@ impl VmConfig {
             .iter()
             .map(|s| parse_disk(s))
             .collect::<Result<Vec<_>, _>>()?;
+        // Every file the VM reads, by identity (device and inode), so that
+        // no path or symlink hides that two of them are one.
+        let mut inputs: Vec<(&'static str, &Path, (u64, u64))> = Vec::new();
+        let named = [
+            ("kernel", Some(kernel_path.as_path())),
+            ("initrd", args.initrd.as_deref()),
+        ];
+        for (what, path) in named {
+            if let Some((path, id)) = path.and_then(|p| Some((p, file_id(p)?))) {
+                inputs.push((what, path, id));
+            }
+        }
         for d in &disks {
-            std::fs::metadata(&d.path).map_err(|source| ConfigError::Open {
+            let meta = std::fs::metadata(&d.path).map_err(|source| ConfigError::Open {
                 what: "disk image",
                 path: d.path.clone(),
                 source,
             })?;
+            let id = (meta.dev(), meta.ino());
+            if let Some((_, first, _)) = inputs
+                .iter()
+                .find(|(what, _, other)| *what == "disk image" && *other == id)
+            {
+                return Err(ConfigError::DiskTwice {
+                    first: first.to_path_buf(),
+                    second: d.path.clone(),
+                });
+            }
+            inputs.push(("disk image", &d.path, id));
+        }
+        if let ConsoleMode::File(console) = &console {
+            if let Some(id) = file_id(console) {
+                if let Some((what, path, _)) = inputs.iter().find(|(_, _, other)| *other == id) {
+                    return Err(ConfigError::ConsoleIsInput {
+                        console: console.clone(),
+                        what,
+                        path: path.to_path_buf(),
+                    });
+                }
+            }
         }
         if args.root_disk && disks.is_empty() {
             return Err(ConfigError::RootDiskWithoutDisk);
@@ -462,6 +556,11 @@ impl VmConfig {
             .iter()
             .map(|s| parse_net(s))
             .collect::<Result<Vec<_>, _>>()?;
+        for (i, n) in nets.iter().enumerate() {
+            if nets[..i].iter().any(|m| m.tap == n.tap) {
+                return Err(ConfigError::TapTwice(n.tap.clone()));
+            }
+        }
         let vsock = args.vsock.as_deref().map(parse_vsock).transpose()?;
         let gap_env = std::env::var("KILN_TIMER_GAP_MS").ok();
         let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
@@ -531,12 +630,23 @@ mod tests {
     }
 
     #[test]
+    fn sizes_are_described_without_rounding() {
+        assert_eq!(describe_size(40 << 20), "40 MiB");
+        assert_eq!(describe_size(40000 << 10), "40000 KiB");
+        assert_eq!(describe_size(1 << 10), "1 KiB");
+        assert_eq!(describe_size(1000), "1000 bytes");
+        let e = check_memory(1 << 10, None).unwrap_err().to_string();
+        assert!(e.starts_with("--memory 1 KiB is too small"), "{e}");
+    }
+
+    #[test]
     fn cpu_limits() {
         assert!(matches!(check_cpus(0), Err(ConfigError::NoCpus)));
+        assert!(matches!(check_cpus(-1), Err(ConfigError::NoCpus)));
         assert_eq!(check_cpus(1).unwrap(), 1);
-        assert_eq!(check_cpus(MAX_CPUS).unwrap() as u32, MAX_CPUS);
+        assert_eq!(check_cpus(MAX_CPUS.into()).unwrap() as u32, MAX_CPUS);
         assert!(matches!(
-            check_cpus(MAX_CPUS + 1),
+            check_cpus(i64::from(MAX_CPUS) + 1),
             Err(ConfigError::TooManyCpus { .. })
         ));
     }

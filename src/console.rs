@@ -16,6 +16,14 @@ pub enum ConsoleError {
     /// The output file could not be opened.
     #[error("cannot open console file {0}: {1}")]
     OpenFile(std::path::PathBuf, std::io::Error),
+    /// The output file is a FIFO that nobody reads.
+    #[error(
+        "console file {0} is a FIFO with no reader: start the reader first, or use another file"
+    )]
+    NoReader(std::path::PathBuf),
+    /// The output file is locked, as a VM locks its disk images.
+    #[error("console file {0} is locked by another process (a disk image in use?): give the console its own file")]
+    Locked(std::path::PathBuf),
 }
 
 /// Writes straight to a file descriptor, unbuffered, so every byte the
@@ -113,15 +121,42 @@ fn output_for(mode: &ConsoleMode) -> Result<Box<dyn Write + Send>, ConsoleError>
             Box::new(FdWriter(fd))
         }
         ConsoleMode::None => Box::new(std::io::sink()),
-        ConsoleMode::File(path) => {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| ConsoleError::OpenFile(path.clone(), e))?;
-            Box::new(FdWriter(f.into()))
-        }
+        ConsoleMode::File(path) => Box::new(FdWriter(open_console_file(path)?.into())),
     })
+}
+
+/// Opens `path` for the console's output: appended to, made if missing.
+/// Never blocks: a FIFO must have a reader already (then its writes block
+/// as usual). A regular file gets an exclusive lock, so it cannot be a
+/// disk image another VM has open, nor the console of a second VM.
+fn open_console_file(path: &std::path::Path) -> Result<std::fs::File, ConsoleError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => ConsoleError::NoReader(path.to_path_buf()),
+            _ => ConsoleError::OpenFile(path.to_path_buf(), e),
+        })?;
+    let kind = f
+        .metadata()
+        .map_err(|e| ConsoleError::OpenFile(path.to_path_buf(), e))?
+        .file_type();
+    if kind.is_file() && f.try_lock().is_err() {
+        return Err(ConsoleError::Locked(path.to_path_buf()));
+    }
+    // Back to blocking writes: a slow reader of a FIFO or terminal slows
+    // the guest down rather than losing its output.
+    // SAFETY: F_GETFL/F_SETFL on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
 }
 
 trait AsFdOwned {
@@ -202,6 +237,54 @@ impl EscapeParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fn fifo(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("fifo");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        path
+    }
+
+    #[test]
+    fn a_fifo_without_a_reader_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(dir.path());
+        assert!(matches!(
+            open_console_file(&path),
+            Err(ConsoleError::NoReader(_))
+        ));
+        // With a reader it is a console like any other, writes blocking.
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let f = open_console_file(&path).unwrap();
+        // SAFETY: F_GETFL on an open fd.
+        let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        drop(reader);
+    }
+
+    #[test]
+    fn a_locked_file_is_refused_and_a_console_file_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let first = open_console_file(&path).unwrap();
+        assert!(matches!(
+            open_console_file(&path),
+            Err(ConsoleError::Locked(_))
+        ));
+        drop(first);
+        let image = std::fs::File::open(&path).unwrap();
+        image.lock_shared().unwrap();
+        assert!(matches!(
+            open_console_file(&path),
+            Err(ConsoleError::Locked(_))
+        ));
+    }
 
     #[test]
     fn plain_bytes_pass_through() {

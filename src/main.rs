@@ -30,12 +30,45 @@ const EXIT_FAILURE: i32 = 1;
 
 fn main() {
     let start = Instant::now();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(parse_error(&e)),
+    };
     let code = match cli.command {
         Command::Run(args) if !args.command.is_empty() => sandbox::run(&args, start),
         Command::Run(args) => run(&args, start),
     };
     std::process::exit(code);
+}
+
+/// Reports a command-line error as one `kiln: error: ...` line (help and
+/// version go out as clap prints them) and returns the exit code: 2, or
+/// 125 when a sandbox command was given (2 could be the command's own).
+fn parse_error(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            EXIT_USAGE
+        } else {
+            0
+        };
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    eprintln!(
+        "kiln: error: {}",
+        cli::one_line_error(&e.render().to_string())
+    );
+    if cli::has_sandbox_command(&args) {
+        sandbox::EXIT_KILN
+    } else {
+        EXIT_USAGE
+    }
 }
 
 fn run(args: &cli::RunArgs, start: Instant) -> i32 {

@@ -179,14 +179,14 @@ pub fn run(
         });
     }
     log::info!(
-        "booting {:?} kernel ({}), {} vCPU(s), {} MiB, cmdline: {cmdline}",
+        "booting {:?} kernel ({}), {} vCPU(s), {}, cmdline: {cmdline}",
         kernel.format,
         match kernel.mode {
             EntryMode::Pvh32 => "PVH entry",
             EntryMode::Long64 => "64-bit entry",
         },
         config.cpus,
-        config.mem_size >> 20
+        crate::config::describe_size(config.mem_size)
     );
     loader::write_cmdline(&vm.mem, &cmdline)?;
     let e820 = zero_page::e820_map(config.mem_size);
@@ -341,6 +341,11 @@ pub fn run(
     } else {
         None
     };
+    log::info!(
+        "VM set up in {:.1} ms; starting {} vCPU(s)",
+        start.elapsed().as_secs_f64() * 1000.0,
+        config.cpus
+    );
     let mut handles = Vec::new();
     for v in vcpus {
         match v.start() {

@@ -43,6 +43,17 @@ pub enum LoaderError {
     /// Copying the initrd into guest memory failed.
     #[error("cannot copy the initrd into guest memory")]
     WriteInitrd,
+    /// The file ends before what its headers describe.
+    #[error("it is truncated: its headers describe {need} bytes, the file has {have}")]
+    Truncated {
+        /// Bytes the headers call for.
+        need: u64,
+        /// Bytes in the file.
+        have: u64,
+    },
+    /// An ELF file that is not a kernel.
+    #[error("it is an ELF file but not a kernel: {0}")]
+    NotKernelElf(&'static str),
 }
 
 /// Which format a kernel file has, decided from its first bytes.
@@ -74,6 +85,109 @@ pub fn detect_file(file: &mut File) -> Result<KernelFormat, LoaderError> {
     file.seek(SeekFrom::Start(0)).map_err(LoaderError::Read)?;
     let n = read_up_to(file, &mut head).map_err(LoaderError::Read)?;
     detect_format(&head[..n]).ok_or(LoaderError::UnknownFormat)
+}
+
+/// As [`detect_file`], and checks that the file holds everything its
+/// headers describe, so that a truncated or foreign file is refused
+/// before a guest runs off its end.
+pub fn check_file(file: &mut File) -> Result<KernelFormat, LoaderError> {
+    let format = detect_file(file)?;
+    let have = file.metadata().map_err(LoaderError::Read)?.len();
+    file.seek(SeekFrom::Start(0)).map_err(LoaderError::Read)?;
+    let mut head = vec![0u8; ELF_HEADER_READ.max(DETECT_LEN)];
+    let n = read_up_to(file, &mut head).map_err(LoaderError::Read)?;
+    head.truncate(n);
+    let need = match format {
+        KernelFormat::BzImage => bzimage_len(&head),
+        KernelFormat::Elf => {
+            let (phoff, count) = elf_program_headers(&head)?;
+            let size = count * ELF_PHDR_LEN;
+            if phoff + size > have {
+                return Err(LoaderError::Truncated {
+                    need: phoff + size,
+                    have,
+                });
+            }
+            let mut table = vec![0u8; size as usize];
+            file.seek(SeekFrom::Start(phoff))
+                .map_err(LoaderError::Read)?;
+            file.read_exact(&mut table).map_err(LoaderError::Read)?;
+            elf_segments_end(&table)
+        }
+    };
+    file.seek(SeekFrom::Start(0)).map_err(LoaderError::Read)?;
+    if need > have {
+        return Err(LoaderError::Truncated { need, have });
+    }
+    Ok(format)
+}
+
+/// Bytes of an ELF64 header.
+const ELF_HEADER_READ: usize = 64;
+/// Bytes of one ELF64 program header.
+const ELF_PHDR_LEN: u64 = 56;
+/// The most program headers kiln accepts (a vmlinux has a handful).
+const ELF_MAX_PHDRS: u64 = 64;
+
+fn le(bytes: &[u8], at: usize, len: usize) -> u64 {
+    bytes
+        .get(at..at + len)
+        .map(|b| {
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+        })
+        .unwrap_or(0)
+}
+
+/// The length a bzImage's setup header promises: the setup sectors plus
+/// the boot sector, then `syssize` 16-byte paragraphs of protected-mode
+/// code (Linux's boot protocol, "THE REAL-MODE KERNEL HEADER").
+fn bzimage_len(head: &[u8]) -> u64 {
+    let setup_sects = match le(head, 0x1f1, 1) {
+        0 => 4,
+        n => n,
+    };
+    (setup_sects + 1) * 512 + le(head, 0x1f4, 4) * 16
+}
+
+/// Where an ELF kernel's program headers are and how many there are,
+/// after checking that it is a 64-bit x86 executable.
+fn elf_program_headers(head: &[u8]) -> Result<(u64, u64), LoaderError> {
+    if head.len() < ELF_HEADER_READ {
+        return Err(LoaderError::Truncated {
+            need: ELF_HEADER_READ as u64,
+            have: head.len() as u64,
+        });
+    }
+    if head[4] != 2 {
+        return Err(LoaderError::NotKernelElf(
+            "32-bit (kiln boots 64-bit kernels)",
+        ));
+    }
+    if le(head, 0x12, 2) != 62 {
+        return Err(LoaderError::NotKernelElf("not built for x86-64"));
+    }
+    if le(head, 0x10, 2) != 2 {
+        return Err(LoaderError::NotKernelElf(
+            "not an executable (a program or library, say; a kernel is the vmlinux a kernel build leaves)",
+        ));
+    }
+    let count = le(head, 0x38, 2);
+    if count == 0 || count > ELF_MAX_PHDRS || le(head, 0x36, 2) != ELF_PHDR_LEN {
+        return Err(LoaderError::NotKernelElf("no usable program headers"));
+    }
+    Ok((le(head, 0x20, 8), count))
+}
+
+/// The end of the last loadable segment's bytes in the file.
+fn elf_segments_end(table: &[u8]) -> u64 {
+    table
+        .chunks_exact(ELF_PHDR_LEN as usize)
+        .filter(|ph| le(ph, 0, 4) == 1) // PT_LOAD
+        .map(|ph| le(ph, 0x08, 8).saturating_add(le(ph, 0x20, 8)))
+        .max()
+        .unwrap_or(0)
 }
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -232,6 +346,82 @@ mod tests {
         assert_eq!(detect_format(&bz), Some(KernelFormat::BzImage));
         assert_eq!(detect_format(b"#!/bin/sh\n"), None);
         assert_eq!(detect_format(&[]), None);
+    }
+
+    fn file_with(bytes: &[u8]) -> File {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    fn bzimage(setup_sects: u8, syssize: u32, len: usize) -> Vec<u8> {
+        let mut bz = vec![0u8; len];
+        bz[0x1f1] = setup_sects;
+        bz[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz
+    }
+
+    #[test]
+    fn a_truncated_bzimage_is_refused() {
+        // 3 setup sectors + boot sector = 2048 bytes, then 100 paragraphs.
+        let whole = bzimage(3, 100, 2048 + 1600);
+        assert_eq!(
+            check_file(&mut file_with(&whole)).unwrap(),
+            KernelFormat::BzImage
+        );
+        let cut = &whole[..2048 + 1599];
+        match check_file(&mut file_with(cut)) {
+            Err(LoaderError::Truncated { need, have }) => assert_eq!((need, have), (3648, 3647)),
+            other => panic!("{other:?}"),
+        }
+        // setup_sects 0 means 4.
+        assert_eq!(bzimage_len(&bzimage(0, 0, 0x206)), 2560);
+    }
+
+    fn elf(kind: u16, segments: &[(u64, u64)], len: usize) -> Vec<u8> {
+        let mut e = vec![0u8; len];
+        e[..4].copy_from_slice(b"\x7fELF");
+        e[4] = 2;
+        e[0x10..0x12].copy_from_slice(&kind.to_le_bytes());
+        e[0x12..0x14].copy_from_slice(&62u16.to_le_bytes());
+        e[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        e[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        e[0x38..0x3a].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+        for (i, &(offset, size)) in segments.iter().enumerate() {
+            let ph = 64 + i * 56;
+            e[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+            e[ph + 8..ph + 16].copy_from_slice(&offset.to_le_bytes());
+            e[ph + 0x20..ph + 0x28].copy_from_slice(&size.to_le_bytes());
+        }
+        e
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_elf_is_refused() {
+        let whole = elf(2, &[(0x1000, 0x800), (0x2000, 0x1000)], 0x3000);
+        assert_eq!(
+            check_file(&mut file_with(&whole)).unwrap(),
+            KernelFormat::Elf
+        );
+        assert!(matches!(
+            check_file(&mut file_with(&whole[..0x2fff])),
+            Err(LoaderError::Truncated { need: 0x3000, .. })
+        ));
+        assert!(matches!(
+            check_file(&mut file_with(&whole[..100])),
+            Err(LoaderError::Truncated { need: 176, .. })
+        ));
+        assert!(matches!(
+            check_file(&mut file_with(&whole[..40])),
+            Err(LoaderError::Truncated { need: 64, have: 40 })
+        ));
+        let program = elf(3, &[(0, 0x100)], 0x100);
+        assert!(matches!(
+            check_file(&mut file_with(&program)),
+            Err(LoaderError::NotKernelElf(_))
+        ));
     }
 
     #[test]
