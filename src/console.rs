@@ -32,12 +32,28 @@ pub struct FdWriter(OwnedFd);
 
 impl Write for FdWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // SAFETY: writing from a valid buffer to an fd we own.
-        let n = unsafe { libc::write(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+        loop {
+            // SAFETY: writing from a valid buffer to an fd we own.
+            let n = unsafe { libc::write(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => {}
+                // stdout may be shared with a process that made it
+                // non-blocking: wait for room instead of failing.
+                std::io::ErrorKind::WouldBlock => {
+                    let mut pfd = libc::pollfd {
+                        fd: self.0.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: poll(2) on one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, -1) };
+                }
+                _ => return Err(e),
+            }
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -96,13 +112,57 @@ impl Write for Tapped {
     }
 }
 
+/// Passes output on until a write fails; then reports the failure once,
+/// through `failed`, and drops all further output (the VM is stopping).
+struct StopOnError {
+    inner: Box<dyn Write + Send>,
+    failed: Option<Box<dyn FnOnce(String) + Send>>,
+}
+
+impl Write for StopOnError {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.failed.is_none() {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                if let Some(report) = self.failed.take() {
+                    report(describe_write_error(&e));
+                }
+                Ok(buf.len())
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.failed.is_some() {
+            let _ = self.inner.flush();
+        }
+        Ok(())
+    }
+}
+
+/// A failed console write, for the line kiln ends with.
+fn describe_write_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) => "broken pipe (nothing reads kiln's output any more)".into(),
+        Some(libc::ENOSPC) => "no space left on the device".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// The writer guest output goes to; with `tail`, its last bytes are kept
-/// there too.
+/// there too. The first write that fails calls `failed` with what went
+/// wrong (the caller stops the VM), and output is dropped from then on.
 pub fn output(
     mode: &ConsoleMode,
     tail: Option<&ConsoleTail>,
+    failed: Box<dyn FnOnce(String) + Send>,
 ) -> Result<Box<dyn Write + Send>, ConsoleError> {
-    let inner = output_for(mode)?;
+    let inner: Box<dyn Write + Send> = Box::new(StopOnError {
+        inner: output_for(mode)?,
+        failed: Some(failed),
+    });
     Ok(match tail {
         Some(tail) => Box::new(Tapped {
             inner,
@@ -177,7 +237,7 @@ mod tail_tests {
     #[test]
     fn the_tail_keeps_the_last_bytes_and_finds_a_panic() {
         let tail = ConsoleTail::default();
-        let mut w = output(&ConsoleMode::None, Some(&tail)).unwrap();
+        let mut w = output(&ConsoleMode::None, Some(&tail), Box::new(drop)).unwrap();
         w.write_all(&vec![b'x'; 3 * ConsoleTail::LEN]).unwrap();
         assert_eq!(tail.0.lock().unwrap().len(), ConsoleTail::LEN);
         assert_eq!(tail.panic_line(), None);
@@ -245,6 +305,24 @@ mod tests {
         // SAFETY: mkfifo(3) with a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         path
+    }
+
+    #[test]
+    fn the_first_failed_write_is_reported_once_and_output_then_dropped() {
+        let (read, write) = std::io::pipe().unwrap();
+        drop(read);
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let seen = reports.clone();
+        let mut out = StopOnError {
+            inner: Box::new(FdWriter(write.into())),
+            failed: Some(Box::new(move |why| seen.lock().unwrap().push(why))),
+        };
+        for _ in 0..3 {
+            assert_eq!(out.write(b"lost").unwrap(), 4);
+        }
+        let reports = reports.lock().unwrap();
+        assert_eq!(reports.len(), 1);
+        assert!(reports[0].starts_with("broken pipe"), "{reports:?}");
     }
 
     #[test]

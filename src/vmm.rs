@@ -223,9 +223,23 @@ pub fn run(
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let serial_irq = vm.irqfd(layout::ports::COM1_IRQ)?;
+    // A console nobody can write to any more (a closed pipe, a full disk)
+    // stops the VM, as it would stop any Unix filter.
+    let console_failed = {
+        let control = control.clone();
+        Box::new(move |why: String| {
+            control.request_stop(StopReason::Fatal(format!(
+                "console output failed: {why}; the VM was stopped"
+            )))
+        })
+    };
     let serial = Arc::new(Mutex::new(Serial::new(
         Arc::new(serial_irq),
-        console::output(&config.console, config.console_tail.as_ref())?,
+        console::output(
+            &config.console,
+            config.console_tail.as_ref(),
+            console_failed,
+        )?,
     )));
     pio.insert(
         layout::ports::COM1.into(),

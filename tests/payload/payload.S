@@ -172,6 +172,12 @@ mode_spin:
         call    puts
 1:      jmp     1b
 
+/* flood: print a line forever (a console nobody reads any more). */
+mode_flood:
+        leaq    s_flood(%rip), %rsi
+        call    puts
+        jmp     mode_flood
+
 /* badport: I/O to a port and MMIO to an address with no device behind
  * them; kiln must ignore writes, return something for reads, and go on. */
 mode_badport:
@@ -906,6 +912,7 @@ mode_table:
         .quad   m_acpi, mode_acpi
         .quad   m_insns, mode_insns
         .quad   m_timer, mode_timer
+        .quad   m_flood, mode_flood
         .quad   0, 0
 
 /* An IDT with limit 0: no vector is usable (for the triple mode). */
@@ -929,6 +936,7 @@ m_badport:      .asciz "badport"
 m_acpi:         .asciz "acpi"
 m_insns:        .asciz "insns"
 m_timer:        .asciz "timer"
+m_flood:        .asciz "flood"
 
 s_key:          .asciz "payload="
 s_hello_mode:   .asciz "hello"
@@ -939,6 +947,7 @@ s_echo_done:    .asciz "\nkiln-payload: echo done\n"
 s_halt:         .asciz "kiln-payload: halting\n"
 s_triple:       .asciz "kiln-payload: triple faulting\n"
 s_spin:         .asciz "kiln-payload: spinning\n"
+s_flood:        .asciz "kiln-payload: flooding the console\n"
 s_badport:      .asciz "kiln-payload: poking unassigned port and MMIO\n"
 s_survived:     .asciz "kiln-payload: survived\n"
 s_acpi_rsdp:    .asciz "kiln-payload: acpi rsdp="
