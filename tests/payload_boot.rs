@@ -7,6 +7,8 @@
 mod common;
 #[path = "payload/mod.rs"]
 mod payload;
+#[path = "common/pty.rs"]
+mod pty;
 
 use std::time::Duration;
 
@@ -186,6 +188,41 @@ fn sighup_and_sigquit_stop_the_vm_cleanly_too() {
     // kiln without restoring the terminal.
     signal_stops(libc::SIGHUP, 129);
     signal_stops(libc::SIGQUIT, 131);
+}
+
+#[test]
+fn every_stop_signal_gives_the_terminal_back() {
+    // kiln on a terminal (a pty made here) puts it in raw mode for the
+    // console; whichever signal stops it, the terminal is as it was.
+    let elf = payload::build();
+    for (sig, code) in [
+        (libc::SIGHUP, 129),
+        (libc::SIGQUIT, 131),
+        (libc::SIGTERM, 143),
+        (libc::SIGINT, 130),
+    ] {
+        let user = pty::UserTerminal::open(24, 80);
+        let cooked = user.termios();
+        let mut cmd = kiln();
+        cmd.args(["run", "--kernel", elf.to_str().unwrap()])
+            .args(["--cmdline", "payload=spin"])
+            .stdin(user.stdio())
+            .stdout(user.stdio())
+            .stderr(user.stdio());
+        let mut child = pty::KillOnDrop(cmd.spawn().unwrap());
+        assert!(user.wait_for(0, "spinning", TIMEOUT), "{:?}", user.screen());
+        let raw = user.termios();
+        assert_eq!(raw.c_lflag & libc::ICANON, 0, "raw while the VM runs");
+        // SAFETY: kill(2) on the child kiln process.
+        unsafe { libc::kill(child.0.id() as i32, sig) };
+        assert_eq!(child.wait_for(TIMEOUT), Some(code), "{:?}", user.screen());
+        let after = user.termios();
+        assert_eq!(
+            (after.c_iflag, after.c_oflag, after.c_lflag),
+            (cooked.c_iflag, cooked.c_oflag, cooked.c_lflag),
+            "signal {sig}: terminal restored"
+        );
+    }
 }
 
 #[test]
