@@ -34,7 +34,7 @@ if [ "$debian" = 1 ]; then
     paths+=$'\n'$("$r/debian-kernel.sh")
     paths+=$'\n'$("$r/initramfs.sh" -o "$KILN_BUILD_DIR/guest/debian/initramfs.cpio" \
         --modules "$KILN_BUILD_DIR/guest/debian/modules" \
-        --load "${KILN_DEBIAN_MODULES:-virtio_mmio virtio_pci virtio_blk virtio_net}")
+        --load "${KILN_DEBIAN_MODULES:-virtio_mmio virtio_pci virtio_blk virtio_net pvpanic_mmio}")
     paths+=$'\n'$("$r/debian-root.sh")
 fi
 # The default guest of `kiln run -- CMD` (src/sandbox/mod.rs, guest_dir):

@@ -25,7 +25,13 @@ pub enum StopReason {
     /// kiln's own side is done with the VM (a sandbox's command ended, or
     /// its time ran out); the exit code is the sandbox's.
     Finished,
+    /// The guest kernel panicked: it said so through pvpanic, or it reset
+    /// right after printing its panic line.
+    GuestPanic,
 }
+
+/// Exit code when the guest kernel panicked (in every mode).
+pub const EXIT_GUEST_PANIC: i32 = 123;
 
 impl StopReason {
     /// The process exit code for this reason.
@@ -37,6 +43,7 @@ impl StopReason {
             | StopReason::Finished => 0,
             StopReason::Signal(sig) => 128 + sig,
             StopReason::Fatal(_) => 1,
+            StopReason::GuestPanic => EXIT_GUEST_PANIC,
         }
     }
 }
@@ -133,6 +140,16 @@ impl devices::Interrupt for ResetLine {
     }
 }
 
+/// The pvpanic line: a guest kernel panic stops the VM.
+pub struct PanicLine(pub std::sync::Arc<VmControl>);
+
+impl devices::Interrupt for PanicLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.request_stop(StopReason::GuestPanic);
+        Ok(())
+    }
+}
+
 /// The ACPI sleep-control register's S5 line: a guest power-off stops the VM.
 pub struct PowerOffLine(pub std::sync::Arc<VmControl>);
 
@@ -165,6 +182,7 @@ mod tests {
         assert_eq!(StopReason::Signal(libc::SIGINT).exit_code(), 130);
         assert_eq!(StopReason::Signal(libc::SIGTERM).exit_code(), 143);
         assert_eq!(StopReason::Fatal(String::new()).exit_code(), 1);
+        assert_eq!(StopReason::GuestPanic.exit_code(), 123);
     }
 
     #[test]

@@ -73,13 +73,16 @@ fn parse_error(e: &clap::Error) -> i32 {
 
 fn run(args: &cli::RunArgs, start: Instant) -> i32 {
     logger::init(if args.quiet { 0 } else { args.verbose.max(1) });
-    let config = match VmConfig::from_args(args) {
+    let mut config = match VmConfig::from_args(args) {
         Ok(c) => c,
         Err(e) => {
             log::error!("{e}");
             return EXIT_USAGE;
         }
     };
+    // The console's last bytes, for the panic line when pvpanic reports one.
+    let tail = console::ConsoleTail::default();
+    config.console_tail = Some(tail.clone());
     if let Err(e) = event_loop::block_stop_signals() {
         log::error!("{e}");
         return EXIT_FAILURE;
@@ -104,6 +107,11 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
             }
             match &summary.reason {
                 control::StopReason::Fatal(msg) => log::error!("{msg}"),
+                control::StopReason::GuestPanic => log::error!(
+                    "the guest kernel panicked: {}",
+                    tail.panic_line()
+                        .unwrap_or_else(|| "reported through pvpanic".into())
+                ),
                 other => log::info!(
                     "VM stopped: {other:?} after {:.3} s",
                     start.elapsed().as_secs_f64()

@@ -12,6 +12,7 @@ use devices::boot_timer::BootTimer;
 use devices::bus::Bus;
 use devices::cmos::Cmos;
 use devices::i8042::I8042;
+use devices::pvpanic::PvPanic;
 use devices::serial::Serial;
 use devices::virtio::block::{Block, DiskImage};
 use devices::virtio::net::{MacAddr, Net};
@@ -19,7 +20,7 @@ use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 
 use crate::config::{ConsoleMode, VmConfig};
-use crate::control::{PowerOffLine, ResetLine, StopReason, VmControl};
+use crate::control::{PanicLine, PowerOffLine, ResetLine, StopReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop};
 use crate::stats::ExitStats;
 use crate::vcpu::{BootEntry, Vcpu};
@@ -251,6 +252,14 @@ pub fn run(
         layout::ports::I8042_DATA.into(),
         layout::ports::I8042_LEN.into(),
         Arc::new(Mutex::new(i8042)),
+    )?;
+    // pvpanic: always on the bus, described to the guest in the DSDT.
+    pio.insert(
+        layout::ports::PVPANIC.into(),
+        layout::ports::PVPANIC_LEN.into(),
+        Arc::new(Mutex::new(PvPanic::new(Arc::new(PanicLine(
+            control.clone(),
+        ))))),
     )?;
     if !config.no_acpi {
         // The FADT's sleep-control (S5 = power off) and reset registers.

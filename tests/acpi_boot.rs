@@ -252,3 +252,43 @@ fn debian_kernel_loads_virtio_modules_and_finds_its_devices() {
         "every module in the initramfs loaded",
     );
 }
+
+/// A kernel panic (init exits: "Attempted to kill init") reaches kiln
+/// through pvpanic, which the acpi kernel finds in the DSDT (QEMU0001):
+/// kiln stops at once and exits 123 with the panic line, instead of the
+/// reset `panic=-1` would make look like success.
+#[test]
+fn a_guest_kernel_panic_is_reported_through_pvpanic() {
+    let kernel = artifact("acpi/vmlinux");
+    let initrd = artifact("initramfs.cpio");
+    let o = common::run(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "rcupdate.rcu_cpu_stall_suppress=1 rdinit=/bin/false",
+        ],
+        LINUX_TIMEOUT,
+    );
+    o.check(!o.timed_out, "the guest finished before the timeout");
+    o.check(
+        o.stderr
+            .contains("pvpanic: the guest kernel reports a panic"),
+        "the panic came through pvpanic",
+    );
+    o.check(o.code == Some(123), "exit code 123");
+    o.check(
+        o.errors().len() == 1
+            && o.errors()[0].contains(
+                "the guest kernel panicked: Kernel panic - not syncing: Attempted to kill init",
+            ),
+        "one line with the panic message",
+    );
+    o.check(
+        !o.stderr.contains("guest requested a reset"),
+        "kiln stopped before the reset",
+    );
+}

@@ -383,3 +383,19 @@ fn a_full_console_file_stops_the_vm_with_one_line() {
     );
     o.check(!o.stderr.contains("warning"), "no warnings");
 }
+
+#[test]
+fn a_panic_reported_through_pvpanic_ends_kiln_with_123() {
+    let o = boot("pvpanic", &[]);
+    o.check(
+        o.code == Some(123),
+        "exit code 123: the guest kernel panicked",
+    );
+    o.check(
+        o.errors().len() == 1
+            && o.errors()[0]
+                .contains("the guest kernel panicked: Kernel panic - not syncing: test panic"),
+        "one line with the panic message from the console",
+    );
+    o.check(o.elapsed < Duration::from_secs(20), "stopped at once");
+}

@@ -12,7 +12,7 @@
 //! - MADT: one local APIC per vCPU (APIC ID = vCPU index), the IOAPIC, NMI
 //!   on LINT1. ISA interrupts are identity-mapped to IOAPIC pins, like the
 //!   MP table says, so there are no interrupt source overrides.
-//! - DSDT: COM1 (PNP0501), the CMOS RTC (PNP0B00), every virtio-mmio
+//! - DSDT: COM1 (PNP0501), the CMOS RTC (PNP0B00), pvpanic (QEMU0001), every virtio-mmio
 //!   device (LNRO0005, its window and its edge-triggered interrupt) and
 //!   `\_S5`, which makes Linux offer ACPI power-off.
 //!
@@ -297,6 +297,20 @@ fn rtc() -> Raw {
     )))
 }
 
+/// QEMU's pvpanic port, under the ID Linux's `pvpanic-mmio` driver binds.
+fn pvpanic() -> Raw {
+    let port = layout::ports::PVPANIC;
+    let io = aml::IO::new(port, port, 1, layout::ports::PVPANIC_LEN as u8);
+    let crs = aml::ResourceTemplate::new(vec![&io]);
+    Raw(to_bytes(&aml::Device::new(
+        "PEVT".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"QEMU0001"),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    )))
+}
+
 fn virtio_device(index: usize, slot: &VirtioMmioSlot) -> Result<Raw, AcpiError> {
     let fits = slot
         .base
@@ -325,7 +339,7 @@ fn virtio_device(index: usize, slot: &VirtioMmioSlot) -> Result<Raw, AcpiError> 
 
 /// The DSDT: the `\_SB` devices and `\_S5`.
 fn dsdt(virtio: &[VirtioMmioSlot]) -> Result<Sdt, AcpiError> {
-    let mut devices = vec![com1(), rtc()];
+    let mut devices = vec![com1(), rtc(), pvpanic()];
     for (i, slot) in virtio.iter().enumerate() {
         devices.push(virtio_device(i, slot)?);
     }
@@ -571,6 +585,8 @@ mod tests {
                 "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000004, }",
                 "Device (RTC) { Name (_HID, EisaId (\"PNP0B00\")",
                 "IO (Decode16, 0x0070, // Range Minimum 0x0070, // Range Maximum 0x01, // Alignment 0x02, // Length )",
+                "Device (PEVT) { Name (_HID, \"QEMU0001\")",
+                "IO (Decode16, 0x0505, // Range Minimum 0x0505, // Range Maximum 0x01, // Alignment 0x01, // Length )",
                 "Device (VR00) { Name (_HID, \"LNRO0005\") // _HID: Hardware ID Name (_UID, Zero)",
                 "Memory32Fixed (ReadWrite, 0xD0000000, // Address Base 0x00001000, // Address Length ) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000005, }",
                 "Device (VR01) { Name (_HID, \"LNRO0005\") // _HID: Hardware ID Name (_UID, One)",

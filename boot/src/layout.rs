@@ -124,6 +124,10 @@ pub mod ports {
     pub const ACPI_PM: u16 = 0x600;
     /// Number of ACPI power register ports.
     pub const ACPI_PM_LEN: u16 = 3;
+    /// pvpanic (QEMU's ISA port): the guest writes here when it panics.
+    pub const PVPANIC: u16 = 0x505;
+    /// Number of pvpanic ports.
+    pub const PVPANIC_LEN: u16 = 1;
 }
 
 /// First interrupt line handed to virtio-mmio devices (GSI, also the IOAPIC pin).

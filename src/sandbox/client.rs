@@ -61,6 +61,7 @@ impl Stdio {
 pub fn serve(listener: UnixListener, job: Job, agent_wait: Duration, settle: Settle, stdio: Stdio) {
     let outcome = match accept(&listener, agent_wait, &settle) {
         Ok(stream) => {
+            settle.mark("guest agent connected");
             let outcome = session(&stream, job, stdio, &settle);
             // Done with the agent: signals stop the VM again, and every
             // handle on the socket (input, signals) sees it closed.
@@ -143,6 +144,7 @@ fn session(stream: &UnixStream, job: Job, stdio: Stdio, settle: &Settle) -> Outc
             "lost the guest agent before the command started: {e}"
         ));
     }
+    settle.mark("command sent");
     // Signals go to the command from the moment it is on its way.
     let (signals, forwarded) = mpsc::channel();
     settle.forward_signals_to(signals);
@@ -181,6 +183,7 @@ fn session(stream: &UnixStream, job: Job, stdio: Stdio, settle: &Settle) -> Outc
                 Ok(())
             }
             Msg::Exited(status) => {
+                settle.mark("command ended");
                 let mut output = Output {
                     out: &mut output,
                     err: &mut errors,
@@ -312,7 +315,7 @@ mod tests {
         let path = dir.path().join("v.sock_1024");
         let listener = UnixListener::bind(&path).unwrap();
         let control = Arc::new(VmControl::new(1).unwrap());
-        let settle = Settle::new(control.clone());
+        let settle = Settle::new(control.clone(), Instant::now());
         let (out, err) = (Buffer::default(), Buffer::default());
         let stdio = Stdio {
             input: Box::new(input),
@@ -470,7 +473,7 @@ mod tests {
     fn no_agent_at_all_is_reported_after_the_wait_or_when_the_vm_stops() {
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join("s")).unwrap();
-        let settle = Settle::new(Arc::new(VmControl::new(1).unwrap()));
+        let settle = Settle::new(Arc::new(VmControl::new(1).unwrap()), Instant::now());
         serve(
             listener.try_clone().unwrap(),
             Job::default(),
@@ -484,7 +487,7 @@ mod tests {
         // The VM stopping ends the wait too.
         let control = Arc::new(VmControl::new(1).unwrap());
         control.request_stop(crate::control::StopReason::Reset);
-        let settle = Settle::new(control);
+        let settle = Settle::new(control, Instant::now());
         serve(
             listener,
             Job::default(),

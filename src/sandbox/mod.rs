@@ -35,7 +35,7 @@ pub const EXIT_AGENT_NEVER_UP: i32 = 121;
 /// command ended.
 pub const EXIT_GUEST_STOPPED: i32 = 122;
 /// Exit code: the guest kernel panicked.
-pub const EXIT_GUEST_PANIC: i32 = 123;
+pub use crate::control::EXIT_GUEST_PANIC;
 /// Exit code: `--timeout` ran out (as coreutils' `timeout`).
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit code: kiln itself failed or was given bad input (as `docker run`).
@@ -148,14 +148,25 @@ impl Outcome {
 pub struct Settle {
     slot: Arc<Mutex<Option<Outcome>>>,
     control: Arc<VmControl>,
+    start: Instant,
 }
 
 impl Settle {
-    fn new(control: Arc<VmControl>) -> Settle {
+    fn new(control: Arc<VmControl>, start: Instant) -> Settle {
         Settle {
             slot: Arc::new(Mutex::new(None)),
             control,
+            start,
         }
+    }
+
+    /// Logs (with -v) that `what` happened, with the time since kiln
+    /// started: the parts of a run, for benchmarks and the curious.
+    pub fn mark(&self, what: &str) {
+        log::info!(
+            "sandbox: {what} at {:.3} s",
+            self.start.elapsed().as_secs_f64()
+        );
     }
 
     /// Records `outcome` unless one is recorded already, and stops the VM.
@@ -211,7 +222,7 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
             return EXIT_KILN;
         }
     };
-    let settle = Settle::new(control.clone());
+    let settle = Settle::new(control.clone(), start);
     // -t: keys go to the guest's terminal as they are typed (restored
     // before kiln's closing line, on every way out of here).
     let raw = prepared
@@ -241,8 +252,17 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
     let result = crate::vmm::run(&prepared.config, start, control);
     // The client ends once the VM's sockets are gone (or sooner).
     let _ = client.join();
-    // A guest that died early may have said why on its console.
-    let panicked = prepared.tail.panic_line().map(Outcome::GuestPanicked);
+    settle.mark("VM gone");
+    // A guest that died early may have said why on its console, or
+    // through pvpanic.
+    let pvpanic = matches!(&result, Ok(s) if s.reason == StopReason::GuestPanic);
+    let panicked = match (prepared.tail.panic_line(), pvpanic) {
+        (Some(line), _) => Some(Outcome::GuestPanicked(line)),
+        (None, true) => Some(Outcome::GuestPanicked(
+            "reported through pvpanic (no panic line on its console)".into(),
+        )),
+        (None, false) => None,
+    };
     let (code, line) = match (settle.outcome(), result) {
         (Some(Outcome::GuestStopped(_) | Outcome::AgentNeverUp(_)), _) if panicked.is_some() => {
             panicked.expect("checked").exit()

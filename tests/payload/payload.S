@@ -27,6 +27,7 @@
 #define I8042_CMD       0x64            /* i8042 command port */
 #define I8042_RESET     0xfe            /* "pulse the reset line": kiln exits 0 */
 #define BOOT_TIMER      0xc0000000      /* MMIO: write 123 to record boot time */
+#define PVPANIC_PORT    0x505           /* pvpanic: write 1 = panicked */
 #define UNASSIGNED_PORT 0x510           /* no device behind it in kiln */
 #define UNASSIGNED_MMIO 0xd0000000      /* first virtio-mmio slot, left empty */
 #define ACPI_RSDP       0xe0000         /* where kiln puts the ACPI root pointer */
@@ -170,6 +171,16 @@ mode_triple:
 mode_spin:
         leaq    s_spin(%rip), %rsi
         call    puts
+1:      jmp     1b
+
+/* pvpanic: report a kernel panic the way Linux's pvpanic driver does
+ * (write "panicked" to port 0x505), then spin as a panicked kernel would. */
+mode_pvpanic:
+        leaq    s_pvpanic(%rip), %rsi
+        call    puts
+        movw    $PVPANIC_PORT, %dx
+        movb    $1, %al
+        outb    %al, %dx
 1:      jmp     1b
 
 /* flood: print a line forever (a console nobody reads any more). */
@@ -913,6 +924,7 @@ mode_table:
         .quad   m_insns, mode_insns
         .quad   m_timer, mode_timer
         .quad   m_flood, mode_flood
+        .quad   m_pvpanic, mode_pvpanic
         .quad   0, 0
 
 /* An IDT with limit 0: no vector is usable (for the triple mode). */
@@ -937,6 +949,7 @@ m_acpi:         .asciz "acpi"
 m_insns:        .asciz "insns"
 m_timer:        .asciz "timer"
 m_flood:        .asciz "flood"
+m_pvpanic:      .asciz "pvpanic"
 
 s_key:          .asciz "payload="
 s_hello_mode:   .asciz "hello"
@@ -948,6 +961,7 @@ s_halt:         .asciz "kiln-payload: halting\n"
 s_triple:       .asciz "kiln-payload: triple faulting\n"
 s_spin:         .asciz "kiln-payload: spinning\n"
 s_flood:        .asciz "kiln-payload: flooding the console\n"
+s_pvpanic:      .asciz "kiln-payload: Kernel panic - not syncing: test panic\n"
 s_badport:      .asciz "kiln-payload: poking unassigned port and MMIO\n"
 s_survived:     .asciz "kiln-payload: survived\n"
 s_acpi_rsdp:    .asciz "kiln-payload: acpi rsdp="
