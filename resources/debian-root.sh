@@ -3,7 +3,7 @@
 # Debian's packages with mmdebstrap, with kiln's guest agent as
 # /sbin/kiln-agent (kiln boots it with init=/sbin/kiln-agent):
 #
-#   debian-root.sh [-o PATH] [--size SIZE]
+#   debian-root.sh [-o PATH] [--size SIZE] [--tree DIR]
 #
 # Default output: build/guest/debian-root.ext4 (1536 MiB, sparse; about
 # 450 MiB used, the rest is room for what a sandboxed command writes).
@@ -14,19 +14,23 @@
 # Cache: the tree as a tarball in $KILN_CACHE_DIR/debian-root-<sha256 of
 # this script, the package list, the sources and mmdebstrap's version>.tar;
 # only the agent and mkfs.ext4 run when it is there (a few seconds).
+# --tree DIR also leaves the image's tree in DIR (a new directory), for
+# comparing with containers and chroot (resources/bench-sandbox.sh).
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
-usage() { echo "usage: ${0##*/} [-o PATH] [--size SIZE]" >&2; exit 2; }
-output="$KILN_BUILD_DIR/guest/debian-root.ext4" size=1536M
+usage() { echo "usage: ${0##*/} [-o PATH] [--size SIZE] [--tree DIR]" >&2; exit 2; }
+output="$KILN_BUILD_DIR/guest/debian-root.ext4" size=1536M tree=
 while [ $# -gt 0 ]; do
     case $1 in
         -o|--output) [ $# -ge 2 ] || usage; output=$2; shift 2 ;;
         --size) [ $# -ge 2 ] || usage; size=$2; shift 2 ;;
+        --tree) [ $# -ge 2 ] || usage; tree=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "${0##*/}: unknown argument $1" >&2; usage ;;
     esac
 done
+[ -z "$tree" ] || [ ! -e "$tree" ] || die "--tree $tree exists; give a new directory"
 [ "$(id -u)" = 0 ] || die "mmdebstrap --mode=root and an image with root-owned files need root; run with sudo"
 
 packages=${KILN_DEBIAN_ROOT_PACKAGES:-python3,gcc,make,libc6-dev,coreutils,ca-certificates}
@@ -84,4 +88,8 @@ run_logged "$tmp/mkfs.log" mkfs.ext4 -q -F -L kiln-debian \
     -U 6b696c6e-0000-4000-8000-000000000003 -E hash_seed=6b696c6e-0000-4000-8000-000000000004 \
     -d "$tmp/root" "$tmp/root.ext4" "$size" || die "mkfs.ext4 failed (is $size big enough for the tree?)"
 mv -f "$tmp/root.ext4" "$output"
+if [ -n "$tree" ]; then
+    mkdir -p "$(dirname "$tree")"
+    mv "$tmp/root" "$tree"
+fi
 echo "$output"
