@@ -329,48 +329,21 @@ fn the_tsc_deadline_timer_interrupts_and_is_paced_where_repairs_are_on() {
 fn a_closed_stdout_stops_the_vm_with_one_line() {
     // `kiln ... | head -1`: once nobody reads, the VM stops, kiln says so
     // once and exits 1, as a Unix filter would.
-    use std::io::{BufRead, Read};
     let elf = payload::build();
-    let mut child = kiln()
-        .args(["run", "--kernel", elf.to_str().unwrap()])
-        .args(["--cmdline", "payload=flood"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut first).unwrap();
-    assert!(first.starts_with(payload::PREFIX), "{first:?}");
-    drop(out);
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kiln kept running with nobody reading its output");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(
-        errors[0].starts_with("kiln: error: console output failed: broken pipe"),
-        "{stderr}"
+    let mut cmd = kiln();
+    cmd.args(["run", "--kernel", elf.to_str().unwrap()])
+        .args(["--cmdline", "payload=flood"]);
+    let o = common::first_line_then_close(cmd, TIMEOUT);
+    o.check(o.stdout.starts_with(payload::PREFIX), "the first line came");
+    o.check(!o.timed_out, "kiln stopped with nobody reading its output");
+    o.check(o.code == Some(1), "exit code 1");
+    let errors: Vec<&str> = o.stderr.lines().filter(|l| l.contains("error")).collect();
+    o.check(
+        errors.len() == 1
+            && errors[0].starts_with("kiln: error: console output failed: broken pipe"),
+        "one line: the console output failed",
     );
-    assert!(!stderr.contains("warning"), "{stderr}");
+    o.check(!o.stderr.contains("warning"), "no warnings");
 }
 
 #[test]

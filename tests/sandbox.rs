@@ -192,39 +192,16 @@ fn timeout_stops_the_vm_with_124_and_leaves_nothing() {
 fn a_closed_stdout_ends_the_sandbox_with_one_line() {
     // `kiln run -- yes | head -1`: once nobody reads the command's output,
     // kiln stops the VM, says why once, and leaves nothing behind.
-    use std::io::{BufRead, Read};
     let tmp = scratch("epipe");
     let script: &[u8] = b"while :; do echo y; done";
-    let mut child = sandbox_cmd(&[], &[b"sh", b"-c", script], &tmp)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    assert_eq!(first, "y\n");
-    drop(out);
-    let mut child = KillOnDrop(child);
-    let code = child.wait_for(TIMEOUT);
-    let mut stderr = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(code, Some(125), "{stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("kiln: error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(
-        errors[0].contains("cannot write the command's output"),
-        "{stderr}"
+    let cmd = sandbox_cmd(&[], &[b"sh", b"-c", script], &tmp);
+    let o = common::first_line_then_close(cmd, TIMEOUT);
+    o.check(o.stdout == "y\n", "the first line came");
+    o.check(!o.timed_out, "kiln finished by itself");
+    o.check(o.code == Some(125), "125: kiln's own error");
+    o.check(
+        o.errors().len() == 1 && o.errors()[0].contains("cannot write the command's output"),
+        "one line says why",
     );
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");

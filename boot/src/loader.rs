@@ -91,12 +91,12 @@ pub fn detect_file(file: &mut File) -> Result<KernelFormat, LoaderError> {
 /// headers describe, so that a truncated or foreign file is refused
 /// before a guest runs off its end.
 pub fn check_file(file: &mut File) -> Result<KernelFormat, LoaderError> {
-    let format = detect_file(file)?;
     let have = file.metadata().map_err(LoaderError::Read)?.len();
     file.seek(SeekFrom::Start(0)).map_err(LoaderError::Read)?;
     let mut head = vec![0u8; ELF_HEADER_READ.max(DETECT_LEN)];
     let n = read_up_to(file, &mut head).map_err(LoaderError::Read)?;
     head.truncate(n);
+    let format = detect_format(&head).ok_or(LoaderError::UnknownFormat)?;
     let need = match format {
         KernelFormat::BzImage => bzimage_len(&head),
         KernelFormat::Elf => {

@@ -186,6 +186,48 @@ impl Drop for Running {
     }
 }
 
+/// Runs `cmd` as `cmd | head -1` would: reads the first line of its
+/// stdout, closes the pipe, and waits up to `timeout` (from the start) for
+/// it to exit, killing it then. The outcome's stdout is that line.
+pub fn first_line_then_close(mut cmd: Command, timeout: Duration) -> Outcome {
+    use std::io::BufRead;
+    let start = Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start kiln");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let reader = collect(child.stderr.take().expect("stderr"), stderr.clone());
+    let mut first = String::new();
+    {
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let _ = out.read_line(&mut first);
+    }
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait after kill");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    let stderr_bytes = stderr.lock().unwrap().clone();
+    Outcome {
+        code: status.code(),
+        stdout: first.clone(),
+        stdout_bytes: first.into_bytes(),
+        stderr: String::from_utf8_lossy(&stderr_bytes).into_owned(),
+        stderr_bytes,
+        timed_out,
+        elapsed: start.elapsed(),
+    }
+}
+
 /// Runs kiln with `args` and no input, killing it after `timeout`.
 pub fn run(args: &[&str], timeout: Duration) -> Outcome {
     let mut cmd = kiln();
