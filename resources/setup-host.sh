@@ -11,6 +11,7 @@ packages=(
     cpio busybox-static e2fsprogs kmod                    # initramfs/rootfs
     lz4 xz-utils zstd gzip binutils python3               # kernel unpacking
     iproute2                                              # network tests
+    curl                                                  # the API tests (Firecracker's curl sequences)
     qemu-system-x86                                       # the test agent under QEMU microvm
     acpica-tools                                          # ACPI tables (iasl)
     mmdebstrap eatmydata                                  # Debian root image (sandbox)

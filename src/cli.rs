@@ -15,12 +15,35 @@ pub struct Cli {
 }
 
 /// kiln's subcommands.
+// Parsed once per process: the size difference of the variants is harmless.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest kernel and run it until it reboots, powers off or fails;
     /// or, with a command after `--`, run that command in a fresh sandbox VM
     /// and exit with its status.
     Run(RunArgs),
+    /// Snapshot a running kiln (started with --api-sock) into a directory
+    /// that `kiln run --restore DIR` starts from: pause the VM, write
+    /// DIR/state and DIR/memory, resume it.
+    Snapshot(SnapshotArgs),
+}
+
+/// Options of `kiln snapshot`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SnapshotArgs {
+    /// The API socket of the kiln to snapshot (its --api-sock).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+
+    /// Leave the VM paused after the snapshot (to stop it, or to snapshot
+    /// it again) instead of resuming it.
+    #[arg(long)]
+    pub leave_paused: bool,
+
+    /// Where the snapshot goes (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// Options of `kiln run`.
@@ -143,6 +166,22 @@ pub struct RunArgs {
     #[arg(long = "copy-out", value_name = "GUEST:HOST")]
     pub copy_out: Vec<OsString>,
 
+    /// Serve Firecracker's REST API on this Unix socket while the VM runs
+    /// (pause, resume, snapshot; `kiln snapshot` is its command-line
+    /// client).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Start from the snapshot in DIR (made by `kiln snapshot` or the
+    /// API's /snapshot/create as DIR/state and DIR/memory) instead of
+    /// booting: same vCPUs, memory and devices, the guest continues where
+    /// it was.
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "kernel", "initrd", "cmdline", "disks", "root_disk", "nets", "vsock",
+        "cpus", "no_acpi", "memory", "rootfs", "command",
+    ])]
+    pub restore: Option<PathBuf>,
+
     /// The command to run in a sandbox VM, and its arguments.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -207,8 +246,28 @@ mod tests {
     #[test]
     fn negative_numbers_reach_kilns_own_checks() {
         let cli = Cli::try_parse_from(["kiln", "run", "--memory", "-5", "--cpus", "-1"]).unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!((args.memory.as_str(), args.cpus), ("-5", -1));
+    }
+
+    #[test]
+    fn restore_refuses_options_that_build_another_machine() {
+        for opt in [
+            &["--kernel", "k"][..],
+            &["--memory", "1G"],
+            &["--cpus", "2"],
+            &["--disk", "d.img"],
+        ] {
+            let mut args = vec!["kiln", "run", "--restore", "dir"];
+            args.extend_from_slice(opt);
+            let line = error_line(&args);
+            assert!(line.contains("cannot be used with"), "{opt:?}: {line}");
+        }
+        assert!(
+            Cli::try_parse_from(["kiln", "run", "--restore", "d", "--console", "none"]).is_ok()
+        );
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub enum ConsoleMode {
 }
 
 /// One --disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// The image file.
     pub path: PathBuf,
@@ -172,7 +172,7 @@ pub struct DiskConfig {
 }
 
 /// One --net.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// The existing tap device's name.
     pub tap: String,
@@ -182,7 +182,7 @@ pub struct NetConfig {
 }
 
 /// The --vsock device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VsockConfig {
     /// The host-side Unix socket.
     pub path: PathBuf,
@@ -582,6 +582,49 @@ impl VmConfig {
             verbosity: args.verbose,
             timer_gap,
         })
+    }
+
+    /// The configuration of a VM restored from a snapshot of `machine`:
+    /// its devices are the snapshot's, only the console and logging come
+    /// from `args` (clap refuses the options that would build another
+    /// machine alongside --restore).
+    pub fn for_restore(
+        args: &RunArgs,
+        machine: &crate::snapshot::MachineConfig,
+    ) -> Result<Self, ConfigError> {
+        let console = parse_console(args.console.as_deref().unwrap_or("stdio"))?;
+        let gap_env = std::env::var("KILN_TIMER_GAP_MS").ok();
+        let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
+            .ok_or_else(|| ConfigError::TimerGap(gap_env.unwrap_or_default()))?;
+        Ok(VmConfig {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: None,
+            cpus: machine.cpus,
+            no_acpi: machine.no_acpi,
+            mem_size: machine.mem_size,
+            console,
+            console_tail: None,
+            disks: machine.disks.clone(),
+            root_disk: false,
+            nets: machine.nets.clone(),
+            vsock: machine.vsock.clone(),
+            kvm_device: args.kvm_device.clone(),
+            verbosity: args.verbose,
+            timer_gap,
+        })
+    }
+
+    /// What a snapshot records of this configuration.
+    pub fn machine(&self) -> crate::snapshot::MachineConfig {
+        crate::snapshot::MachineConfig {
+            cpus: self.cpus,
+            mem_size: self.mem_size,
+            no_acpi: self.no_acpi,
+            disks: self.disks.clone(),
+            nets: self.nets.clone(),
+            vsock: self.vsock.clone(),
+        }
     }
 }
 

@@ -51,6 +51,8 @@ impl StopReason {
 /// Shared between the vCPU threads and the main thread.
 pub struct VmControl {
     stop: AtomicBool,
+    /// vCPU threads leave their run loops (to be paused) while set.
+    pause: AtomicBool,
     reason: Mutex<Option<StopReason>>,
     /// Written once a stop is requested.
     pub exit_evt: EventFd,
@@ -70,6 +72,7 @@ impl VmControl {
     pub fn new(cpus: usize) -> std::io::Result<Self> {
         Ok(VmControl {
             stop: AtomicBool::new(false),
+            pause: AtomicBool::new(false),
             reason: Mutex::new(None),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             parked: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
@@ -116,6 +119,17 @@ impl VmControl {
     /// Whether a stop was requested.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Asks the vCPU threads to leave their run loops (true) or lets
+    /// restarted ones run (false).
+    pub fn set_pause(&self, pause: bool) {
+        self.pause.store(pause, Ordering::SeqCst);
+    }
+
+    /// Whether the vCPUs should leave their run loops to be paused.
+    pub fn pausing(&self) -> bool {
+        self.pause.load(Ordering::SeqCst)
     }
 
     /// The reason for the stop, if any.

@@ -171,6 +171,22 @@ impl MutEventSubscriber for ExitWatch {
     }
 }
 
+/// Drains an eventfd that only wakes the loop (its owner looks at what
+/// woke it after every turn: API requests, say).
+pub struct Wake(pub Arc<vmm_sys_util::eventfd::EventFd>);
+
+impl MutEventSubscriber for Wake {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.0.as_raw_fd(), EventSet::IN)) {
+            log::error!("cannot watch the API's eventfd: {e:?}");
+        }
+    }
+}
+
 /// The event loop with its subscribers.
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
@@ -193,9 +209,9 @@ impl EventLoop {
         self.manager.add_subscriber(s);
     }
 
-    /// Runs until a stop is requested.
-    pub fn run(&mut self) -> Result<(), EventLoopError> {
-        while !self.control.stopping() {
+    /// Waits for events once and serves them.
+    pub fn run_once(&mut self) -> Result<(), EventLoopError> {
+        if !self.control.stopping() {
             self.manager.run().map_err(EventLoopError::Manager)?;
         }
         Ok(())

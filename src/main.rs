@@ -1,5 +1,7 @@
 //! kiln: parse the command line, build the VM, run it, exit with its code.
 
+mod api;
+mod api_client;
 mod cli;
 mod cmdline;
 mod config;
@@ -9,6 +11,7 @@ mod event_loop;
 mod logger;
 mod pvm;
 mod sandbox;
+mod snapshot;
 mod stats;
 mod terminal;
 mod vcpu;
@@ -37,6 +40,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) if !args.command.is_empty() => sandbox::run(&args, start),
         Command::Run(args) => run(&args, start),
+        Command::Snapshot(args) => snapshot(&args),
     };
     std::process::exit(code);
 }
@@ -71,9 +75,42 @@ fn parse_error(e: &clap::Error) -> i32 {
     }
 }
 
+/// `kiln snapshot`: pause, snapshot and resume a running kiln.
+fn snapshot(args: &cli::SnapshotArgs) -> i32 {
+    logger::init(1);
+    match api_client::snapshot(args) {
+        Ok(dir) => {
+            log::info!(
+                "snapshot in {}; start it with: kiln run --restore {}",
+                dir.display(),
+                dir.display()
+            );
+            0
+        }
+        Err(e) => {
+            log::error!("{e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
 fn run(args: &cli::RunArgs, start: Instant) -> i32 {
     logger::init(if args.quiet { 0 } else { args.verbose.max(1) });
-    let mut config = match VmConfig::from_args(args) {
+    let restored = match &args.restore {
+        None => None,
+        Some(dir) => match snapshot::read_state(&dir.join(api_client::STATE_FILE)) {
+            Ok(snap) => Some((snap, dir.join(api_client::MEMORY_FILE))),
+            Err(e) => {
+                log::error!("{e}");
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let config = match &restored {
+        None => VmConfig::from_args(args),
+        Some((snap, _)) => VmConfig::for_restore(args, &snap.machine),
+    };
+    let mut config = match config {
         Ok(c) => c,
         Err(e) => {
             log::error!("{e}");
@@ -94,7 +131,23 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    match vmm::run(&config, start, control) {
+    let api = match args
+        .api_sock
+        .as_deref()
+        .map(vmm::ApiLink::start)
+        .transpose()
+    {
+        Ok(api) => api,
+        Err(e) => {
+            log::error!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    let origin = match &restored {
+        None => vmm::Origin::Boot,
+        Some((snap, memory)) => vmm::Origin::Restore(snap, memory),
+    };
+    match vmm::run(&config, origin, start, control, api) {
         Ok(summary) => {
             if config.verbosity >= 1 {
                 log::info!("exits: {}", summary.stats);
@@ -143,6 +196,8 @@ pub(crate) fn is_usage_error(e: &vmm::VmmError) -> bool {
                 | VmError::MissingCapability(_)
                 | VmError::TooManyCpus { .. }
                 | VmError::AllocMemory(..)
+                | VmError::MemoryFileSize { .. }
+                | VmError::MapMemoryFile(..)
         ) | vmm::VmmError::Load(
             LoaderError::UnknownFormat
                 | LoaderError::InitrdTooBig { .. }
@@ -156,5 +211,8 @@ pub(crate) fn is_usage_error(e: &vmm::VmmError) -> bool {
             | vmm::VmmError::Net(_)
             | vmm::VmmError::Vsock(_)
             | vmm::VmmError::Virtio(crate::virtio::VirtioError::TooManyDevices { .. })
+            | vmm::VmmError::BadSnapshot(_)
+            | vmm::VmmError::Snapshot(_)
+            | vmm::VmmError::Api(_)
     )
 }

@@ -3,10 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
+use std::fs::File;
+
 use boot::layout;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use serde::{Deserialize, Serialize};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors opening KVM or creating the VM.
@@ -65,6 +75,49 @@ pub enum VmError {
     /// eventfd() failed.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// Reading the interrupt controllers, PIT or clock failed.
+    #[error("cannot read the VM's {0}: {1}")]
+    SaveState(&'static str, kvm_ioctls::Error),
+    /// Writing them back failed.
+    #[error("cannot restore the VM's {0}: {1}")]
+    RestoreState(&'static str, kvm_ioctls::Error),
+    /// The memory file does not fit the VM.
+    #[error("the memory file {path} holds {found} bytes, the snapshot's VM has {want} bytes of RAM: use the memory file taken with this state file")]
+    MemoryFileSize {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// The RAM size.
+        want: u64,
+    },
+    /// Mapping the memory file failed.
+    #[error("cannot map the memory file {0}: {1}")]
+    MapMemoryFile(PathBuf, String),
+}
+
+/// The VM-wide state a snapshot keeps: the in-kernel PICs and IOAPIC, the
+/// PIT and the KVM clock.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct VmState {
+    /// The master 8259.
+    pub pic_master: kvm_irqchip,
+    /// The slave 8259.
+    pub pic_slave: kvm_irqchip,
+    /// The IOAPIC.
+    pub ioapic: kvm_irqchip,
+    /// The 8254 PIT.
+    pub pit: kvm_pit_state2,
+    /// The KVM clock.
+    pub clock: kvm_clock_data,
+}
+
+impl std::fmt::Debug for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmState")
+            .field("clock", &self.clock.clock)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Capabilities kiln cannot run without.
@@ -155,6 +208,105 @@ impl Vm {
             .collect();
         self.mem = GuestMemoryMmap::from_ranges(&ranges)
             .map_err(|e| VmError::AllocMemory(mem_size >> 20, e.to_string()))?;
+        self.register_memory(mem_size)
+    }
+
+    /// Guest RAM from a snapshot's memory file, mapped copy-on-write
+    /// (`MAP_PRIVATE`): nothing is read until the guest touches it, the
+    /// guest's writes never reach the file, and VMs restored from the
+    /// same file share its unchanged pages.
+    pub fn add_memory_from_file(&mut self, mem_size: u64, path: &Path) -> Result<(), VmError> {
+        let map_err = |e: String| VmError::MapMemoryFile(path.to_path_buf(), e);
+        let file = File::open(path).map_err(|e| map_err(e.to_string()))?;
+        let found = file.metadata().map_err(|e| map_err(e.to_string()))?.len();
+        let want: u64 = layout::ram_regions(mem_size).iter().map(|r| r.1).sum();
+        if found != want {
+            return Err(VmError::MemoryFileSize {
+                path: path.to_path_buf(),
+                found,
+                want,
+            });
+        }
+        let mut regions = Vec::new();
+        let mut offset = 0;
+        for (start, size) in layout::ram_regions(mem_size) {
+            let fd = file.try_clone().map_err(|e| map_err(e.to_string()))?;
+            let mapping = MmapRegionBuilder::new(size as usize)
+                .with_file_offset(FileOffset::new(fd, offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|e| map_err(e.to_string()))?;
+            regions.push(
+                GuestRegionMmap::new(mapping, GuestAddress(start))
+                    .ok_or_else(|| map_err("a region wraps around".into()))?,
+            );
+            offset += size;
+        }
+        self.mem = GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))?;
+        self.register_memory(mem_size)
+    }
+
+    /// Reads the interrupt controllers, PIT and clock.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let chip = |id| {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut c)
+                .map(|()| c)
+                .map_err(|e| VmError::SaveState("interrupt controller", e))
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self
+                .fd
+                .get_pit2()
+                .map_err(|e| VmError::SaveState("PIT", e))?,
+            clock: self
+                .fd
+                .get_clock()
+                .map_err(|e| VmError::SaveState("clock", e))?,
+        })
+    }
+
+    /// Writes back what [`Vm::save_state`] read (before any vCPU runs).
+    pub fn restore_state(&self, s: &VmState) -> Result<(), VmError> {
+        self.fd
+            .set_pit2(&s.pit)
+            .map_err(|e| VmError::RestoreState("PIT", e))?;
+        // KVM_SET_CLOCK takes no flags but KVM_CLOCK_REALTIME's, which is
+        // not wanted: the guest's clock continues from where it was.
+        let clock = kvm_clock_data {
+            flags: 0,
+            ..s.clock
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(|e| VmError::RestoreState("clock", e))?;
+        for (chip, id) in [
+            (&s.pic_master, KVM_IRQCHIP_PIC_MASTER),
+            (&s.pic_slave, KVM_IRQCHIP_PIC_SLAVE),
+            (&s.ioapic, KVM_IRQCHIP_IOAPIC),
+        ] {
+            if chip.chip_id != id {
+                return Err(VmError::RestoreState(
+                    "interrupt controllers",
+                    kvm_ioctls::Error::new(libc::EINVAL),
+                ));
+            }
+            self.fd
+                .set_irqchip(chip)
+                .map_err(|e| VmError::RestoreState("interrupt controller", e))?;
+        }
+        Ok(())
+    }
+
+    fn register_memory(&mut self, mem_size: u64) -> Result<(), VmError> {
         for (slot, region) in self.mem.iter().enumerate() {
             let host = self
                 .mem

@@ -123,6 +123,18 @@ impl Cmos {
     }
 }
 
+impl Cmos {
+    /// The selected register: the only state the guest can change.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Selects a register (restoring a snapshot).
+    pub fn set_index(&mut self, index: u8) {
+        self.index = index & INDEX_MASK;
+    }
+}
+
 impl BusDevice for Cmos {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let v = if offset == 1 {

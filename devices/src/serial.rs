@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial as Uart, Trigger};
 
 use crate::bus::BusDevice;
@@ -26,6 +27,32 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// The UART's registers and its receive FIFO, with the host input not yet
+/// in the FIFO: what a snapshot keeps of the console.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// SCR.
+    pub scratch: u8,
+    /// The receive FIFO.
+    pub fifo: Vec<u8>,
+    /// Host input waiting for room in the FIFO.
+    pub pending: Vec<u8>,
+}
+
 /// The UART with its pending host input.
 pub struct Serial {
     uart: Uart<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
@@ -39,6 +66,49 @@ impl Serial {
             uart: Uart::new(IrqTrigger(irq), out),
             pending: VecDeque::new(),
         }
+    }
+
+    /// The console's state, for a snapshot.
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            fifo: s.in_buffer,
+            pending: self.pending.iter().copied().collect(),
+        }
+    }
+
+    /// A UART in the state `snap` was saved in, writing to `out`.
+    pub fn restore(
+        irq: Arc<dyn Interrupt>,
+        out: Box<dyn Write + Send>,
+        snap: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        let state = SerialState {
+            baud_divisor_low: snap.baud_divisor[0],
+            baud_divisor_high: snap.baud_divisor[1],
+            interrupt_enable: snap.interrupt_enable,
+            interrupt_identification: snap.interrupt_identification,
+            line_control: snap.line_control,
+            line_status: snap.line_status,
+            modem_control: snap.modem_control,
+            modem_status: snap.modem_status,
+            scratch: snap.scratch,
+            in_buffer: snap.fifo.clone(),
+        };
+        let uart = Uart::from_state(&state, IrqTrigger(irq), NoEvents, out)
+            .map_err(|e| format!("the saved serial port is not valid: {e:?}"))?;
+        Ok(Serial {
+            uart,
+            pending: snap.pending.iter().copied().collect(),
+        })
     }
 
     /// Queues host input for the guest.
@@ -118,6 +188,40 @@ mod tests {
             s.write(0, &[*b]);
         }
         assert_eq!(&*out.0.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn a_restored_uart_continues_where_the_saved_one_was() {
+        let mut s = Serial::new(Arc::new(Count::default()), Box::new(std::io::sink()));
+        s.write(1, &[0x01]); // IER: received-data interrupt
+        s.write(7, &[0x5a]); // scratch
+        let input: Vec<u8> = (0..100u8).collect();
+        s.queue_input(&input);
+        let snap = s.save();
+        assert_eq!(snap.scratch, 0x5a);
+        assert_eq!(snap.fifo.len() + snap.pending.len(), 100);
+        let out = Shared::default();
+        let mut r =
+            Serial::restore(Arc::new(Count::default()), Box::new(out.clone()), &snap).unwrap();
+        assert_eq!(r.save(), snap);
+        let mut got = Vec::new();
+        let mut b = [0u8];
+        for _ in 0..200 {
+            r.read(5, &mut b);
+            if b[0] & 1 == 0 {
+                break;
+            }
+            r.read(0, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, input, "FIFO and pending input survive");
+        r.write(0, b"x");
+        assert_eq!(&*out.0.lock().unwrap(), b"x");
+        let mut bad = snap.clone();
+        bad.fifo = vec![0; 1000];
+        assert!(
+            Serial::restore(Arc::new(Count::default()), Box::new(std::io::sink()), &bad).is_err()
+        );
     }
 
     #[test]

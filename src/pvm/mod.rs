@@ -263,6 +263,26 @@ pub fn mnemonic(bytes: &[u8]) -> &'static str {
 /// time.
 pub type EmulationLock = std::sync::Arc<std::sync::Mutex<()>>;
 
+/// Makes the vCPU stop after its next instruction (breakpoints off).
+fn single_step(fd: &VcpuFd) -> Result<(), PvmError> {
+    let dbg = kvm_guest_debug {
+        control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+        ..Default::default()
+    };
+    fd.set_guest_debug(&dbg)
+        .map_err(|e| PvmError::VcpuState("single-step", e))
+}
+
+/// What a snapshot keeps of one vCPU's repairs: KVM_SET_GUEST_DEBUG is
+/// not part of any KVM_GET, so a restored vCPU is armed again from this.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RepairState {
+    /// The page-fault handler the SYSCALL breakpoint is on.
+    pub armed_at: Option<u64>,
+    /// Single-stepping past the breakpoint.
+    pub stepping: bool,
+}
+
 /// The repairs of one vCPU, with their counters.
 pub struct HostRepairs {
     mem: GuestMemoryMmap,
@@ -304,6 +324,26 @@ impl HostRepairs {
             syscalls: 0,
             faults_passed: 0,
         }
+    }
+
+    /// The state a snapshot keeps.
+    pub fn save(&self) -> RepairState {
+        RepairState {
+            armed_at: self.armed_at,
+            stepping: self.stepping,
+        }
+    }
+
+    /// Arms a restored vCPU as the saved one was.
+    pub fn restore(&mut self, fd: &VcpuFd, s: RepairState) -> Result<(), PvmError> {
+        if s.armed_at.is_some() {
+            self.arm(fd, s.armed_at)?;
+        }
+        if s.stepping {
+            single_step(fd)?;
+            self.stepping = true;
+        }
+        Ok(())
     }
 
     /// Adjusts the CPUID a vCPU is given: see [`hide_kvm_pv_features`].
@@ -452,12 +492,7 @@ impl HostRepairs {
                 if m.skip_first_instruction()? {
                     return Ok(true);
                 }
-                let dbg = kvm_guest_debug {
-                    control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
-                    ..Default::default()
-                };
-                fd.set_guest_debug(&dbg)
-                    .map_err(|e| PvmError::VcpuState("single-step", e))?;
+                single_step(fd)?;
                 self.stepping = true;
             }
         }

@@ -249,7 +249,13 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
             settle.settle(Outcome::TimedOut(limit));
         });
     }
-    let result = crate::vmm::run(&prepared.config, start, control);
+    let result = crate::vmm::run(
+        &prepared.config,
+        crate::vmm::Origin::Boot,
+        start,
+        control,
+        None,
+    );
     // The client ends once the VM's sockets are gone (or sooner).
     let _ = client.join();
     settle.mark("VM gone");

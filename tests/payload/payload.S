@@ -59,6 +59,7 @@
 #define MSR_TSC_DEADLINE 0x6e0
 #define TIMER_VECTOR    0x30
 #define LVTT_TSC_DEADLINE (2 << 17)
+#define COUNT_PERIOD    200000000       /* TSC cycles between counts (~0.1 s) */
 
 /* Test results, returned in %eax by every insn_* routine. */
 #define OK      0
@@ -256,17 +257,7 @@ mode_timer:
         movl    $TIMER_VECTOR, %edi
         leaq    irq_timer(%rip), %rax
         call    set_gate
-        movl    $MSR_APIC_BASE, %ecx
-        rdmsr
-        orl     $APIC_BASE_X2APIC, %eax
-        wrmsr
-        movl    $MSR_X2APIC_SVR, %ecx   /* software-enable, spurious 0xff */
-        movl    $0x1ff, %eax
-        xorl    %edx, %edx
-        wrmsr
-        movl    $MSR_X2APIC_LVTT, %ecx
-        movl    $(TIMER_VECTOR | LVTT_TSC_DEADLINE), %eax
-        wrmsr
+        call    setup_x2apic_timer
         rdtsc
         shlq    $32, %rdx
         orq     %rax, %rdx
@@ -293,6 +284,80 @@ mode_timer:
 1:      leaq    s_timer_skipped(%rip), %rsi
         call    puts
         jmp     reset
+
+/* count: count TSC-deadline timer interrupts in memory, one every
+ * COUNT_PERIOD cycles (~0.1 s), and print "kiln-payload: count N" for each,
+ * forever. A snapshot taken mid-run and restored in a new kiln continues
+ * the sequence: registers, memory, the local APIC's timer, the interrupt
+ * controllers and the UART all came through. */
+mode_count:
+        call    setup_idt
+        movl    $TIMER_VECTOR, %edi
+        leaq    irq_count(%rip), %rax
+        call    set_gate
+        call    setup_x2apic_timer
+        call    arm_count_timer
+1:      cli                             /* sti;hlt: no wake-up is lost */
+        movq    count(%rip), %rax
+        cmpq    count_printed(%rip), %rax
+        jne     2f
+        sti
+        hlt
+        jmp     1b
+2:      movq    %rax, count_printed(%rip)
+        sti
+        leaq    s_count(%rip), %rsi
+        call    puts
+        movq    count_printed(%rip), %rax
+        call    putu
+        movb    $'\n', %al
+        call    putc
+        jmp     1b
+
+/* setup_x2apic_timer: x2APIC mode, software-enabled, the LAPIC timer in
+ * TSC-deadline mode on TIMER_VECTOR. Clobbers %eax, %ecx, %edx. */
+setup_x2apic_timer:
+        movl    $MSR_APIC_BASE, %ecx
+        rdmsr
+        orl     $APIC_BASE_X2APIC, %eax
+        wrmsr
+        movl    $MSR_X2APIC_SVR, %ecx   /* software-enable, spurious 0xff */
+        movl    $0x1ff, %eax
+        xorl    %edx, %edx
+        wrmsr
+        movl    $MSR_X2APIC_LVTT, %ecx
+        movl    $(TIMER_VECTOR | LVTT_TSC_DEADLINE), %eax
+        wrmsr
+        ret
+
+/* arm_count_timer: TSC deadline = now + COUNT_PERIOD. Clobbers %eax,
+ * %ecx, %edx. */
+arm_count_timer:
+        rdtsc
+        shlq    $32, %rdx
+        orq     %rdx, %rax
+        addq    $COUNT_PERIOD, %rax
+        movq    %rax, %rdx
+        shrq    $32, %rdx
+        movl    $MSR_TSC_DEADLINE, %ecx
+        wrmsr
+        ret
+
+/* The count mode's timer interrupt: count, re-arm, end the interrupt. */
+irq_count:
+        pushq   %rax
+        pushq   %rcx
+        pushq   %rdx
+        incq    count(%rip)
+        call    arm_count_timer
+        movl    $MSR_X2APIC_EOI, %ecx
+        xorl    %eax, %eax
+        xorl    %edx, %edx
+        wrmsr
+        popq    %rdx
+        popq    %rcx
+        popq    %rax
+        iretq
 
 /* The timer interrupt: note the TSC, end the interrupt. */
 irq_timer:
@@ -925,6 +990,7 @@ mode_table:
         .quad   m_timer, mode_timer
         .quad   m_flood, mode_flood
         .quad   m_pvpanic, mode_pvpanic
+        .quad   m_count, mode_count
         .quad   0, 0
 
 /* An IDT with limit 0: no vector is usable (for the triple mode). */
@@ -950,6 +1016,7 @@ m_insns:        .asciz "insns"
 m_timer:        .asciz "timer"
 m_flood:        .asciz "flood"
 m_pvpanic:      .asciz "pvpanic"
+m_count:        .asciz "count"
 
 s_key:          .asciz "payload="
 s_hello_mode:   .asciz "hello"
@@ -971,6 +1038,7 @@ s_unknown:      .asciz "kiln-payload: unknown mode\n"
 s_insns:        .asciz "kiln-payload: testing instructions\n"
 s_insns_done:   .asciz "kiln-payload: insns done\n"
 s_unexpected:   .asciz "kiln-payload: unexpected exception\n"
+s_count:        .asciz "kiln-payload: count "
 s_timer:        .asciz "kiln-payload: arming the TSC-deadline timer\n"
 s_timer_fired:  .asciz "kiln-payload: timer fired after "
 s_cycles:       .asciz " cycles\n"
@@ -1014,6 +1082,8 @@ fault_resume:   .quad 0         /* where #UD/#GP continue (0: nowhere) */
 fault_rsp:      .quad 0         /* with this stack pointer */
 fault_vector:   .quad 0         /* which exception it was (6 or 13) */
 int3_count:     .quad 0
+count:          .quad 0         /* count mode: timer interrupts so far */
+count_printed:  .quad 0         /* and the last one printed */
 int3_rip:       .quad 0
 lsl_sel:        .quad 0         /* LSL's memory operand */
         .balign 16

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use log::{debug, warn};
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -46,6 +47,95 @@ pub enum MmioError {
         /// The size it asked for.
         size: u16,
     },
+    /// A saved state does not fit this device.
+    #[error("{name}: the saved state does not fit this device: {why}")]
+    BadState {
+        /// The device's name.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// One queue's saved state (virtio-queue's `QueueState`, with serde).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// The maximum size the device offers.
+    pub max_size: u16,
+    /// Next available-ring index the device will read.
+    pub next_avail: u16,
+    /// Next used-ring index the device will write.
+    pub next_used: u16,
+    /// VIRTIO_F_RING_EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// The size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+}
+
+impl From<virtio_queue::QueueState> for QueueSnapshot {
+    fn from(q: virtio_queue::QueueState) -> Self {
+        QueueSnapshot {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<QueueSnapshot> for virtio_queue::QueueState {
+    fn from(q: QueueSnapshot) -> Self {
+        virtio_queue::QueueState {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// What a transport needs to continue after a restore: the registers a
+/// driver wrote and each queue's state. The device model itself is
+/// rebuilt from the VM's configuration and re-activated with the same
+/// features.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioState {
+    /// The device type, checked on restore.
+    pub device_type: u32,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver acked.
+    pub driver_features: u64,
+    /// The device status.
+    pub status: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Every queue.
+    pub queues: Vec<QueueSnapshot>,
 }
 
 /// The three parts of a split virtqueue, each with its own address.
@@ -149,6 +239,91 @@ impl MmioTransport {
                 false
             }
         }
+    }
+
+    /// The transport's state, for a snapshot (taken while no vCPU runs).
+    pub fn save(&self) -> MmioState {
+        MmioState {
+            device_type: self.device.device_type(),
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+        }
+    }
+
+    /// Puts a freshly made transport into the state `s` was saved in: the
+    /// registers, the queues, and an active device activated again with
+    /// the same features. Then the device may tell the driver about the
+    /// restore ([`VirtioDevice::restored`]), and every ready queue is
+    /// served once, so buffers the driver added just before the snapshot
+    /// (whose notification the old process took with it) are not left
+    /// waiting. Nothing is changed when the state does not fit.
+    pub fn restore(&mut self, s: &MmioState) -> Result<(), MmioError> {
+        let bad = |why: String| MmioError::BadState {
+            name: self.device.name().to_string(),
+            why,
+        };
+        if s.device_type != self.device.device_type() {
+            return Err(bad(format!(
+                "it is of device type {}, this device is of type {}",
+                s.device_type,
+                self.device.device_type()
+            )));
+        }
+        if s.queues.len() != self.queues.len() {
+            return Err(bad(format!(
+                "it has {} queues, this device {}",
+                s.queues.len(),
+                self.queues.len()
+            )));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (i, (saved, now)) in s.queues.iter().zip(&self.queues).enumerate() {
+            if saved.max_size != now.max_size() {
+                return Err(bad(format!(
+                    "queue {i} had at most {} entries, now {}",
+                    saved.max_size,
+                    now.max_size()
+                )));
+            }
+            let q = Queue::try_from(virtio_queue::QueueState::from(*saved))
+                .map_err(|e| bad(format!("queue {i}: {e:?}")))?;
+            if q.ready() && !q.is_valid(&self.mem) {
+                return Err(bad(format!("queue {i} lies outside guest memory")));
+            }
+            queues.push(q);
+        }
+        self.queues = queues;
+        self.queue_sel = s.queue_sel;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.status = s.status;
+        self.interrupt_status = s.interrupt_status;
+        self.config_generation = s.config_generation;
+        if self.is_active() {
+            if let Err(e) = self.device.activate(self.driver_features) {
+                warn!(
+                    "{}: cannot activate after a restore: {e}",
+                    self.device.name()
+                );
+                self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+                self.signal_config();
+                return Ok(());
+            }
+            if self.device.restored(&mut self.queues, &self.mem) {
+                self.signal_used();
+            }
+            for i in 0..self.queues.len() {
+                while self.notify(i) {}
+            }
+        }
+        Ok(())
     }
 
     /// The device's backend file descriptor is ready.
@@ -565,6 +740,60 @@ mod tests {
         if r(t, reg::VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             w(t, reg::VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
         }
+    }
+
+    #[test]
+    fn a_saved_transport_is_restored_into_a_new_one_and_reactivated() {
+        let probe = Probe::default();
+        let (mut t, _) = transport(probe);
+        let acked = features::VERSION_1 | features::RING_EVENT_IDX;
+        bring_up(&mut t, acked);
+        assert!(t.is_active());
+        w(&mut t, reg::VIRTIO_MMIO_QUEUE_SEL, 1);
+        let saved = t.save();
+        assert_eq!(saved.queues.len(), 2);
+        assert!(saved.queues.iter().all(|q| q.ready && q.size == 8));
+
+        let fresh = Probe::default();
+        let (activated, notified) = (fresh.activated.clone(), fresh.notified.clone());
+        let (mut t2, irq) = transport(fresh);
+        t2.restore(&saved).unwrap();
+        // The probe says every queue used buffers, so an interrupt is pending.
+        assert_eq!(
+            t2.save(),
+            MmioState {
+                interrupt_status: reg::VIRTIO_MMIO_INT_VRING,
+                ..saved.clone()
+            }
+        );
+        assert_eq!(*activated.lock().unwrap(), Some(acked), "activated again");
+        assert_eq!(
+            *notified.lock().unwrap(),
+            vec![0, 1],
+            "every queue served once"
+        );
+        assert!(irq.0.load(Ordering::SeqCst) > 0);
+        assert_eq!(
+            r(&mut t2, reg::VIRTIO_MMIO_QUEUE_NUM_MAX),
+            8,
+            "QueueSel kept"
+        );
+
+        // States that do not fit are refused and change nothing.
+        let (mut t3, _) = transport(Probe::default());
+        let mut wrong = saved.clone();
+        wrong.device_type = 1;
+        assert!(t3.restore(&wrong).is_err());
+        let mut wrong = saved.clone();
+        wrong.queues.pop();
+        assert!(t3.restore(&wrong).is_err());
+        let mut wrong = saved.clone();
+        wrong.queues[0].size = 3;
+        assert!(t3.restore(&wrong).is_err());
+        let mut wrong = saved.clone();
+        wrong.queues[1].used_ring = 0x7000_0000;
+        assert!(t3.restore(&wrong).is_err());
+        assert!(!t3.is_active());
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// The VM was just restored from a snapshot and the device activated
+    /// again: tell the driver what it must know (vsock: its connections
+    /// are gone). Returns true when the driver must be interrupted.
+    fn restored(&mut self, _queues: &mut [Queue], _mem: &Memory) -> bool {
+        false
+    }
     /// Queue `index` was notified. Returns true when the driver must be
     /// interrupted (used buffers were added and the queue wants to know).
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &Memory) -> bool;

@@ -282,6 +282,37 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
     }
 
+    /// After a restore the host side of every connection is gone: tell the
+    /// guest with VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue, so
+    /// it resets its sockets (listeners stay and are reachable again), as
+    /// Firecracker does.
+    fn restored(&mut self, queues: &mut [Queue], mem: &Memory) -> bool {
+        let Some(queue) = queues.get_mut(EVENT_QUEUE) else {
+            return false;
+        };
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            log::warn!(
+                "{}: the guest left no event buffer: it is not told that its connections were reset",
+                self.name
+            );
+            return false;
+        };
+        let head = chain.head_index();
+        let written = match chain.writer(mem) {
+            Ok(mut w) => {
+                use std::io::Write;
+                w.write_all(&proto::EVENT_TRANSPORT_RESET.to_le_bytes())
+                    .map(|()| 4)
+                    .unwrap_or(0)
+            }
+            Err(_) => 0,
+        };
+        if written == 0 {
+            self.muxer.stats.bad_chains += 1;
+        }
+        queue.add_used(mem, head, written).is_ok() && needs_interrupt(queue, mem)
+    }
+
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &Memory) -> bool {
         if !self.active || queues.len() <= TX_QUEUE {
             return false;

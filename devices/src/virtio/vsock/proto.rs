@@ -10,6 +10,9 @@ use vm_memory::bitmap::BitmapSlice;
 pub const HOST_CID: u64 = 2;
 /// `type` of a stream socket, the only type kiln offers.
 pub const TYPE_STREAM: u16 = 1;
+/// `virtio_vsock_event.id` of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (virtio
+/// 1.2, 5.10.6.7): every connection is gone, listeners stay.
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Packet operations.
 pub mod op {

@@ -1,5 +1,8 @@
-//! The boot recipe: `Vmm::run` walks the numbered phases of the README's
-//! boot sequence, one call each, then waits for the VM to stop.
+//! The boot recipe's phases, shared by a fresh boot ([`Machine::boot`])
+//! and a restore ([`Machine::restore`]): the numbers are the README's
+//! boot sequence. A boot loads the kernel and sets the boot vCPU's entry
+//! state (phase 5 and the end of 7); a restore maps the memory file
+//! instead and writes the saved state into the same objects.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex};
@@ -18,112 +21,115 @@ use devices::virtio::block::{Block, DiskImage};
 use devices::virtio::net::{MacAddr, Net};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
+use kvm_ioctls::Kvm;
 
+use super::{Machine, VmmError};
 use crate::config::{ConsoleMode, VmConfig};
 use crate::control::{PanicLine, PowerOffLine, ResetLine, StopReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop};
-use crate::stats::ExitStats;
+use crate::snapshot::{DeviceStates, Snapshot};
 use crate::vcpu::{BootEntry, Vcpu};
 use crate::virtio::Slot;
 use crate::vm::Vm;
 use crate::{cmdline, console, pvm, terminal};
 
-/// Errors while building or running the VM.
-#[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    /// Opening KVM or creating the VM failed.
-    #[error(transparent)]
-    Vm(#[from] crate::vm::VmError),
-    /// A vCPU could not be set up.
-    #[error(transparent)]
-    Vcpu(#[from] crate::vcpu::VcpuError),
-    /// Loading the kernel or initrd failed.
-    #[error("{0}")]
-    Load(#[from] loader::LoaderError),
-    /// The kernel file could not be opened.
-    #[error("cannot open {0}: {1}")]
-    Open(std::path::PathBuf, std::io::Error),
-    /// The command line is longer than the kernel accepts.
-    #[error("the kernel command line is {len} bytes, more than this kernel accepts ({max}); shorten --cmdline")]
-    CmdlineTooLong {
-        /// Its length.
-        len: usize,
-        /// The kernel's limit.
-        max: usize,
-    },
-    /// Writing boot_params / start_info failed.
-    #[error(transparent)]
-    ZeroPage(#[from] zero_page::ZeroPageError),
-    /// Writing the MP table failed.
-    #[error(transparent)]
-    Mptable(#[from] mptable::MptableError),
-    /// Writing the ACPI tables failed.
-    #[error(transparent)]
-    Acpi(#[from] acpi::AcpiError),
-    /// A device could not be placed.
-    #[error("cannot place a device: {0}")]
-    Bus(#[from] devices::bus::BusError),
-    /// The console could not be set up.
-    #[error(transparent)]
-    Console(#[from] console::ConsoleError),
-    /// The event loop failed.
-    #[error(transparent)]
-    EventLoop(#[from] crate::event_loop::EventLoopError),
-    /// A virtio device could not be attached.
-    #[error(transparent)]
-    Virtio(#[from] crate::virtio::VirtioError),
-    /// A disk image could not be opened.
-    #[error(transparent)]
-    Disk(#[from] devices::virtio::block::BlockError),
-    /// A network card could not be set up.
-    #[error(transparent)]
-    Net(#[from] devices::virtio::net::NetError),
-    /// The vsock device could not be set up.
-    #[error(transparent)]
-    Vsock(#[from] devices::virtio::vsock::VsockError),
-    /// An eventfd could not be created.
-    #[error("cannot create an eventfd: {0}")]
-    EventFd(std::io::Error),
-}
-
 /// kiln's own defaults for every guest.
 const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
-/// What a finished run reports.
-pub struct RunSummary {
-    /// Why it stopped.
-    pub reason: StopReason,
-    /// Exit counters over all vCPUs.
-    pub stats: ExitStats,
-    /// Host-repair counters per vCPU, if repairs were on.
-    pub repairs: Vec<String>,
-    /// Device counters worth reporting (e.g. dropped frames).
-    pub devices: Vec<String>,
+/// Where guest RAM comes from.
+pub enum Memory<'a> {
+    /// Fresh anonymous memory.
+    Fresh,
+    /// A snapshot's memory file, mapped copy-on-write.
+    File(&'a std::path::Path),
 }
 
-/// Builds the VM from `config` and runs it until it stops; `control` is
-/// how other threads (a sandbox client) can stop it too. It must have one
-/// slot per vCPU.
-pub fn run(
-    config: &VmConfig,
-    start: Instant,
-    control: Arc<VmControl>,
-) -> Result<RunSummary, VmmError> {
-    // 1. The configuration was validated by VmConfig::from_args.
+impl Machine {
+    /// Builds a VM from `config` and loads its kernel; the vCPUs are
+    /// created but not started.
+    pub fn boot(
+        config: &VmConfig,
+        start: Instant,
+        control: Arc<VmControl>,
+    ) -> Result<Machine, VmmError> {
+        let (kvm, vm, repairs_on) = create(config, Memory::Fresh)?;
+        let slots = slots(config)?;
+        let entry = load(config, &vm, &slots, repairs_on)?;
+        let m = assemble(config, start, control, kvm, vm, repairs_on, None)?;
+        m.paused[0].set_boot_state(&m.vm.mem, entry)?;
+        Ok(m)
+    }
+
+    /// Builds the VM a snapshot was taken of, with RAM from `memory`, and
+    /// writes the saved state into it; the vCPUs are not started.
+    pub fn restore(
+        config: &VmConfig,
+        snap: &Snapshot,
+        memory: &std::path::Path,
+        start: Instant,
+        control: Arc<VmControl>,
+    ) -> Result<Machine, VmmError> {
+        if snap.vcpus.len() != usize::from(config.cpus) {
+            return Err(VmmError::BadSnapshot(format!(
+                "it holds {} vCPU states for {} vCPUs",
+                snap.vcpus.len(),
+                config.cpus
+            )));
+        }
+        let (kvm, vm, repairs_on) = create(config, Memory::File(memory))?;
+        // The interrupt controllers before any device can raise a line.
+        vm.restore_state(&snap.vm)?;
+        let mut m = assemble(
+            config,
+            start,
+            control,
+            kvm,
+            vm,
+            repairs_on,
+            Some(&snap.devices),
+        )?;
+        for (v, s) in m.paused.iter_mut().zip(&snap.vcpus) {
+            v.restore_state(s)?;
+        }
+        Ok(m)
+    }
+}
+
+/// Phases 2-4: KVM, the VM with its irqchip, PIT and vCPUs, guest RAM.
+fn create(config: &VmConfig, memory: Memory) -> Result<(Kvm, Vm, bool), VmmError> {
     // 2. Open /dev/kvm, check the API version and capabilities.
     let kvm = crate::vm::open_kvm(&config.kvm_device)?;
     let repairs_on = pvm::detect();
     if repairs_on {
         log::info!("nested kvm_pvm host detected: host repairs on (instruction emulation, VMCALL completion)");
     }
-
     // 3. Create the VM with its irqchip and PIT.
     let mut vm = Vm::new(&kvm, config.cpus)?;
     // 4. Guest RAM around the MMIO gap.
-    vm.add_memory(config.mem_size)?;
+    match memory {
+        Memory::Fresh => vm.add_memory(config.mem_size)?,
+        Memory::File(path) => vm.add_memory_from_file(config.mem_size, path)?,
+    }
+    Ok((kvm, vm, repairs_on))
+}
 
-    // 5. Kernel, initrd, command line, boot_params/start_info, MP table,
-    //    ACPI tables.
+/// Every virtio device's slot: disks first, then NICs, then vsock.
+fn slots(config: &VmConfig) -> Result<Vec<Slot>, VmmError> {
+    Ok(
+        (0..config.disks.len() + config.nets.len() + usize::from(config.vsock.is_some()))
+            .map(Slot::for_index)
+            .collect::<Result<Vec<_>, _>>()?,
+    )
+}
+
+/// Phase 5: kernel, initrd, command line, boot_params/start_info, MP
+/// table, ACPI tables. Returns where the boot vCPU starts.
+fn load(
+    config: &VmConfig,
+    vm: &Vm,
+    slots: &[Slot],
+    repairs_on: bool,
+) -> Result<BootEntry, VmmError> {
     let mut kernel =
         File::open(&config.kernel).map_err(|e| VmmError::Open(config.kernel.clone(), e))?;
     let kernel = loader::load_kernel(&vm.mem, &mut kernel)?;
@@ -151,11 +157,6 @@ pub fn run(
         defaults.push(pvm::default_cmdline(vm.tsc_khz()));
     }
     let defaults: Vec<&str> = defaults.iter().map(String::as_str).collect();
-    // Every virtio device gets the next slot: disks first, then NICs,
-    // then the vsock device.
-    let slots = (0..config.disks.len() + config.nets.len() + usize::from(config.vsock.is_some()))
-        .map(Slot::for_index)
-        .collect::<Result<Vec<_>, _>>()?;
     let mut device_params: Vec<String> = slots.iter().map(Slot::cmdline).collect();
     if config.root_disk {
         device_params.push("root=/dev/vda".into());
@@ -219,11 +220,29 @@ pub fn run(
         }
     };
     mptable::write(&vm.mem, config.cpus)?;
+    Ok(BootEntry {
+        mode: kernel.mode,
+        entry: kernel.entry,
+        info_addr,
+    })
+}
 
+/// Phases 6-7 and the event loop: devices on the buses (in their saved
+/// state when `saved` is given), the vCPUs, the event loop's subscribers.
+fn assemble(
+    config: &VmConfig,
+    start: Instant,
+    control: Arc<VmControl>,
+    kvm: Kvm,
+    vm: Vm,
+    repairs_on: bool,
+    saved: Option<&DeviceStates>,
+) -> Result<Machine, VmmError> {
+    let slots = slots(config)?;
     // 6. Devices on the buses.
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
-    let serial_irq = vm.irqfd(layout::ports::COM1_IRQ)?;
+    let serial_irq = Arc::new(vm.irqfd(layout::ports::COM1_IRQ)?);
     // A console nobody can write to any more (a closed pipe, a full disk)
     // stops the VM, as it would stop any Unix filter.
     let console_failed = {
@@ -234,14 +253,16 @@ pub fn run(
             )))
         })
     };
-    let serial = Arc::new(Mutex::new(Serial::new(
-        Arc::new(serial_irq),
-        console::output(
-            &config.console,
-            config.console_tail.as_ref(),
-            console_failed,
-        )?,
-    )));
+    let out = console::output(
+        &config.console,
+        config.console_tail.as_ref(),
+        console_failed,
+    )?;
+    let serial = match saved {
+        None => Serial::new(serial_irq, out),
+        Some(s) => Serial::restore(serial_irq, out, &s.serial).map_err(VmmError::BadSnapshot)?,
+    };
+    let serial = Arc::new(Mutex::new(serial));
     pio.insert(
         layout::ports::COM1.into(),
         layout::ports::COM1_LEN.into(),
@@ -283,10 +304,15 @@ pub fn run(
                     (lo, hi + size)
                 }
             });
+    let mut cmos = Cmos::new(below_4g, above_4g);
+    if let Some(s) = saved {
+        cmos.set_index(s.cmos_index);
+    }
+    let cmos = Arc::new(Mutex::new(cmos));
     pio.insert(
         layout::ports::CMOS.into(),
         layout::ports::CMOS_LEN.into(),
-        Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))),
+        cmos.clone(),
     )?;
     mmio.insert(
         layout::BOOT_TIMER_START,
@@ -309,15 +335,24 @@ pub fn run(
     if let Some(v) = &config.vsock {
         backends.push(Box::new(Vsock::new(v.cid, &v.path)?));
     }
-    let mut virtio_devices = Vec::new();
+    if let Some(s) = saved {
+        if s.virtio.len() != backends.len() {
+            return Err(VmmError::BadSnapshot(format!(
+                "it holds {} virtio devices, its configuration {}",
+                s.virtio.len(),
+                backends.len()
+            )));
+        }
+    }
+    let mut virtio = Vec::new();
     for (index, device) in backends.into_iter().enumerate() {
         let attached = crate::virtio::attach(&vm, &mut mmio, index, device)?;
         debug_assert_eq!(attached.slot, slots[index]);
-        virtio_devices.push(attached);
+        virtio.push(attached);
     }
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
-    // 7. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
+    // 7. vCPUs: CPUID, MSRs, LAPIC.
     crate::vcpu::kick::install_handler().map_err(VmmError::EventFd)?;
     let emulation_lock = pvm::EmulationLock::default();
     let timer_gap = if repairs_on {
@@ -325,6 +360,7 @@ pub fn run(
     } else {
         0
     };
+    let mut vm = vm;
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.cpus).zip(std::mem::take(&mut vm.vcpu_fds)) {
         let repairs = repairs_on
@@ -341,21 +377,26 @@ pub fn run(
             config.verbosity >= 3,
         )?);
     }
-    vcpus[0].set_boot_state(
-        &vm.mem,
-        BootEntry {
-            mode: kernel.mode,
-            entry: kernel.entry,
-            info_addr,
-        },
-    )?;
 
-    // 8. Start the vCPU threads and run the event loop until the VM stops.
+    // The transports go into their saved state last: a restored device
+    // may raise its interrupt, and the vsock device tells the guest its
+    // connections are gone.
+    if let Some(s) = saved {
+        for (a, state) in virtio.iter().zip(&s.virtio) {
+            a.transport
+                .lock()
+                .expect("virtio lock")
+                .restore(state)
+                .map_err(|e| VmmError::BadSnapshot(e.to_string()))?;
+        }
+    }
+
+    // 8. The event loop and its subscribers (vCPU threads start later).
     let mut event_loop = EventLoop::new(control.clone())?;
-    for d in &virtio_devices {
+    for d in &virtio {
         event_loop.add(d.events.clone());
     }
-    let _raw = if config.console == ConsoleMode::Stdio {
+    let raw_terminal = if config.console == ConsoleMode::Stdio {
         event_loop.add(Arc::new(Mutex::new(ConsoleInput::new(
             serial.clone(),
             control.clone(),
@@ -364,65 +405,21 @@ pub fn run(
     } else {
         None
     };
-    log::info!(
-        "VM set up in {:.1} ms; starting {} vCPU(s)",
-        start.elapsed().as_secs_f64() * 1000.0,
-        config.cpus
-    );
-    let mut handles = Vec::new();
-    for v in vcpus {
-        match v.start() {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                control.request_stop(StopReason::Fatal(e.to_string()));
-                break;
-            }
-        }
-    }
-    let loop_result = event_loop.run();
-    if let Err(e) = &loop_result {
-        control.request_stop(StopReason::Fatal(e.to_string()));
-    }
-
-    // 9. Tear down: stop and join every vCPU, flush the console.
-    let mut stats = ExitStats::default();
-    let mut repairs = Vec::new();
-    for h in handles {
-        kick_until_done(&h);
-        if let Ok(v) = h.join() {
-            stats.add(&v.stats);
-            if let Some(r) = v.repairs() {
-                repairs.push(format!("vCPU {}: {}", v.id(), r.summary()));
-            }
-        }
-    }
-    serial.lock().expect("serial lock").flush();
-    let devices = virtio_devices
-        .iter()
-        .filter_map(|d| {
-            let t = d.transport.lock().expect("virtio lock");
-            t.device()
-                .stats()
-                .map(|s| format!("{}: {s}", t.device().name()))
-        })
-        .collect();
-    let reason = control
-        .reason()
-        .unwrap_or_else(|| StopReason::Fatal("the VM stopped without a reason".into()));
-    Ok(RunSummary {
-        reason,
-        stats,
-        repairs,
-        devices,
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .map_err(|e| VmmError::Kvm("read the MSR index list", e))?;
+    Ok(Machine {
+        config: config.clone(),
+        vm,
+        control,
+        serial,
+        cmos,
+        virtio,
+        paused: vcpus,
+        running: Vec::new(),
+        event_loop,
+        msr_list,
+        _raw_terminal: raw_terminal,
     })
-}
-
-/// Kicks a vCPU thread out of KVM_RUN until it has finished.
-fn kick_until_done<T>(h: &std::thread::JoinHandle<T>) {
-    use std::os::unix::thread::JoinHandleExt;
-    while !h.is_finished() {
-        // SAFETY: the thread is not joined yet, so its pthread_t is valid.
-        unsafe { libc::pthread_kill(h.as_pthread_t(), crate::vcpu::kick::signal()) };
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
 }

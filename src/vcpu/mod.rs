@@ -12,6 +12,8 @@ use kvm_bindings::{kvm_mp_state, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 
+pub mod state;
+
 use crate::control::{StopReason, VmControl};
 use crate::pvm::{self, HostRepairs};
 use crate::stats::ExitStats;
@@ -31,6 +33,12 @@ pub enum VcpuError {
     /// Starting the thread failed.
     #[error("cannot start the vCPU thread: {0}")]
     Spawn(std::io::Error),
+    /// Restoring the saved state failed.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// Re-arming the host repairs failed.
+    #[error("cannot re-arm vCPU {0}'s host repairs: {1}")]
+    Repairs(u8, String),
 }
 
 /// IA32_MISC_ENABLE: bit 0 enables fast string operations.
@@ -233,7 +241,7 @@ impl Vcpu {
                 None
             }
         };
-        while !self.control.stopping() {
+        while !self.control.stopping() && !self.control.pausing() {
             let next = match self.fd.run() {
                 Ok(exit) => {
                     if self.trace {
@@ -259,6 +267,40 @@ impl Vcpu {
                 self.control.request_stop(reason);
             }
         }
+        if !self.control.stopping() {
+            self.finish_pending_io();
+        }
+    }
+
+    /// Lets KVM finish the port or MMIO read the last exit asked for (it
+    /// completes it on the next KVM_RUN, and keeps it where no KVM_GET can
+    /// see it) without running the guest further: KVM_RUN with
+    /// `immediate_exit` set. Then the vCPU's state is whole and can be saved.
+    fn finish_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            other => log::debug!("vCPU {}: KVM_RUN with immediate_exit: {other:?}", self.id),
+        }
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Reads this (stopped) vCPU's state for a snapshot.
+    pub fn save_state(&self, msr_list: &[u32]) -> Result<state::VcpuState, state::StateError> {
+        let mut s = state::save(&self.fd, self.id, msr_list)?;
+        s.repairs = self.repairs.as_ref().map(HostRepairs::save);
+        Ok(s)
+    }
+
+    /// Puts this (not yet run) vCPU into the saved state `s`, and arms
+    /// kiln's host repairs as they were.
+    pub fn restore_state(&mut self, s: &state::VcpuState) -> Result<(), VcpuError> {
+        state::restore(&self.fd, self.id, s)?;
+        if let (Some(r), Some(saved)) = (self.repairs.as_mut(), s.repairs) {
+            r.restore(&self.fd, saved)
+                .map_err(|e| VcpuError::Repairs(self.id, e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// After a handled exit: the host repairs may want to look (cheap once

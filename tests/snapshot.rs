@@ -1,0 +1,262 @@
+//! Snapshot and restore through the real binary, with the bare-metal test
+//! payload counting timer interrupts in memory: snapshotted mid-run with
+//! `kiln snapshot` (over the API socket), continued in new kiln processes
+//! with the count intact; Firecracker's API driven with curl exactly as
+//! its snapshot documentation does; bad and foreign snapshot files.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "payload/mod.rs"]
+mod payload;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{kiln, Outcome, Running};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts the payload counting, with an API socket at `sock`.
+fn counting(sock: &Path) -> Running {
+    let elf = payload::build();
+    let mut cmd = kiln();
+    cmd.args(["run", "--memory", "64M", "--kernel"])
+        .arg(elf)
+        .args(["--cmdline", "payload=count", "--api-sock"])
+        .arg(sock)
+        .current_dir(sock.parent().expect("the socket's directory"));
+    Running::start(cmd)
+}
+
+fn count_line(n: u64) -> String {
+    format!("{}count {n}\n", payload::PREFIX)
+}
+
+/// `kiln snapshot` against `sock`.
+fn kiln_snapshot(sock: &Path, dir: &Path, extra: &[&str]) -> std::process::Output {
+    kiln()
+        .arg("snapshot")
+        .arg("--api-sock")
+        .arg(sock)
+        .args(extra)
+        .arg(dir)
+        .output()
+        .expect("run kiln snapshot")
+}
+
+/// Stops a running kiln with SIGTERM and collects what it printed.
+fn stop(r: Running) -> Outcome {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(r.pid(), libc::SIGTERM) };
+    r.wait(TIMEOUT)
+}
+
+/// The counts in the payload's output, in order.
+fn counts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| {
+            l.strip_prefix(payload::PREFIX)?
+                .strip_prefix("count ")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Takes a snapshot of a payload that has counted to at least 5, leaving
+/// it paused; returns what the original printed in all.
+fn snapshot_counting_payload(dir: &Path, snap: &Path) -> Outcome {
+    let sock = dir.join("api.sock");
+    let mut orig = counting(&sock);
+    assert!(
+        orig.wait_for_stdout(&count_line(5), TIMEOUT),
+        "the payload counts to 5"
+    );
+    let out = kiln_snapshot(&sock, snap, &["--leave-paused"]);
+    assert!(
+        out.status.success(),
+        "kiln snapshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = stop(orig);
+    o.check(o.code == Some(143), "the original stops on SIGTERM");
+    o.check(!sock.exists(), "the API socket is removed at exit");
+    o
+}
+
+#[test]
+fn a_counting_guest_continues_in_new_kilns_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    let orig = snapshot_counting_payload(dir.path(), &snap);
+    let before = counts(&orig.stdout);
+    let last = *before.last().unwrap();
+    assert!(last >= 5);
+    let memory = std::fs::read(snap.join("memory")).unwrap();
+    assert_eq!(memory.len(), 64 << 20, "the memory file is guest RAM");
+
+    // Restored twice from the same files: each continues the count where
+    // the original was paused, with nothing lost or repeated (the stream
+    // of the original followed by the restored one's is 1, 2, 3, ...).
+    for round in 0..2 {
+        let mut cmd = kiln();
+        cmd.arg("run").arg("--restore").arg(&snap);
+        let mut r = Running::start(cmd);
+        assert!(
+            r.wait_for_stdout(&count_line(last + 3), TIMEOUT),
+            "round {round}: the restored guest counts on"
+        );
+        let o = stop(r);
+        o.check(o.code == Some(143), "the restored kiln stops on SIGTERM");
+        o.check(o.stderr.contains("restored 1 vCPU(s)"), "restore logged");
+        let joined = format!("{}{}", orig.stdout, o.stdout);
+        let all = counts(&joined);
+        let expect: Vec<u64> = (1..=*all.last().unwrap()).collect();
+        o.check(
+            all == expect,
+            &format!("round {round}: counts continue without a gap or a repeat: {all:?}"),
+        );
+        o.check(
+            !o.stdout.contains("mode=count"),
+            "no boot in the restored VM",
+        );
+    }
+    // MAP_PRIVATE: the restored guests' writes never reached the file.
+    assert!(std::fs::read(snap.join("memory")).unwrap() == memory);
+}
+
+#[test]
+fn firecrackers_snapshot_sequence_works_with_curl() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("firecracker.socket");
+    let mut vm = counting(&sock);
+    assert!(vm.wait_for_stdout(&count_line(2), TIMEOUT));
+    let curl = |method: &str, path: &str, body: Option<&str>| -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.arg("--unix-socket")
+            .arg(&sock)
+            .args(["-s", "-w", "\n%{http_code}", "-X", method])
+            .arg(format!("http://localhost{path}"))
+            .args(["-H", "Accept: application/json"])
+            .args(["-H", "Content-Type: application/json"])
+            .current_dir(dir.path());
+        if let Some(b) = body {
+            c.args(["-d", b]);
+        }
+        let out = c.output().expect("curl (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+
+    let (code, body) = curl("GET", "/", None);
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["state"], "Running");
+    let (code, body) = curl("GET", "/machine-config", None);
+    assert_eq!(code, 200);
+    let mc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
+        (Some(1), Some(64))
+    );
+
+    let create = r#"{"snapshot_type": "Full", "snapshot_path": "./snapshot_file", "mem_file_path": "./mem_file"}"#;
+    let (code, body) = curl("PUT", "/snapshot/create", Some(create));
+    assert_eq!(code, 400, "a running VM is not snapshotted: {body}");
+    assert!(body.contains("fault_message"), "{body}");
+
+    let (code, body) = curl("PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&curl("GET", "/", None).1).unwrap()["state"],
+        "Paused"
+    );
+    let (code, body) = curl("PUT", "/snapshot/create", Some(create));
+    assert_eq!(code, 204, "{body}");
+    let state = std::fs::read(dir.path().join("snapshot_file")).unwrap();
+    assert_eq!(&state[..8], b"KILNSNAP");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("mem_file"))
+            .unwrap()
+            .len(),
+        64 << 20
+    );
+    let (code, _) = curl("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#));
+    assert_eq!(code, 204);
+    let (code, body) = curl(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = curl("PATCH", "/vm", Some(r#"{"state": "Sleeping"}"#));
+    assert_eq!(code, 400, "{body}");
+    assert!(vm.wait_for_stdout(&count_line(8), TIMEOUT), "resumed");
+    let o = stop(vm);
+    o.check(o.code == Some(143), "stops on SIGTERM");
+}
+
+/// Runs `kiln run --restore DIR` expecting a refusal: exit 2, one error
+/// line that contains `what`, no guest output.
+fn refused(dir: &Path, what: &str) {
+    let mut cmd = kiln();
+    cmd.arg("run").arg("--restore").arg(dir);
+    let o = Running::start(cmd).wait(TIMEOUT);
+    o.check(o.code == Some(2), &format!("refused with 2 ({what})"));
+    let errors = o.errors();
+    o.check(errors.len() == 1, "one error line");
+    o.check(
+        errors[0].contains(what),
+        &format!("the error says {what:?}"),
+    );
+    o.check(o.stdout.is_empty(), "no guest ran");
+}
+
+/// A copy of the snapshot in `snap` with its state file changed by `f`.
+fn variant(snap: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let dir = snap.with_file_name(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut state = std::fs::read(snap.join("state")).unwrap();
+    f(&mut state);
+    std::fs::write(dir.join("state"), state).unwrap();
+    std::os::unix::fs::symlink(snap.join("memory"), dir.join("memory")).unwrap();
+    dir
+}
+
+#[test]
+fn bad_and_foreign_snapshots_are_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    snapshot_counting_payload(dir.path(), &snap);
+
+    refused(&dir.path().join("nothing-here"), "nothing-here/state");
+    let trunc = variant(&snap, "truncated", |s| s.truncate(s.len() / 2));
+    refused(&trunc, "truncated");
+    let flip = variant(&snap, "flipped", |s| {
+        let i = s.len() - 100;
+        s[i] ^= 0x55;
+    });
+    refused(&flip, "corrupted");
+    let format = variant(&snap, "format", |s| s[8] = 77);
+    refused(&format, "snapshot format 77");
+    let elf = variant(&snap, "elf", |s| *s = b"\x7fELF\x02\x01\x01".to_vec());
+    refused(&elf, "not a kiln snapshot");
+    let empty = variant(&snap, "empty", Vec::clear);
+    refused(&empty, "not a kiln snapshot");
+
+    // A memory file of another size.
+    let small = dir.path().join("small-memory");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::copy(snap.join("state"), small.join("state")).unwrap();
+    std::fs::write(small.join("memory"), vec![0u8; 4096]).unwrap();
+    refused(&small, "the memory file");
+
+    // And the good one still restores.
+    let mut cmd = kiln();
+    cmd.arg("run").arg("--restore").arg(&snap);
+    let mut r = Running::start(cmd);
+    assert!(r.wait_for_stdout(&count_line(7), TIMEOUT));
+    stop(r);
+}
