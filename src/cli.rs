@@ -8,10 +8,24 @@ use clap::{Parser, Subcommand};
 /// kiln: a KVM virtual machine monitor for microVMs.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Without a subcommand: serve Firecracker's REST API on this Unix
+    /// socket and wait for the VM's configuration (PUT /boot-source,
+    /// /machine-config, /drives, /network-interfaces, /vsock, then
+    /// InstanceStart), or for PUT /snapshot/load.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Without a subcommand: boot the VM a Firecracker configuration file
+    /// (JSON: boot-source, machine-config, drives, network-interfaces,
+    /// vsock) describes, at once.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// kiln's subcommands.
@@ -246,7 +260,7 @@ mod tests {
     #[test]
     fn negative_numbers_reach_kilns_own_checks() {
         let cli = Cli::try_parse_from(["kiln", "run", "--memory", "-5", "--cpus", "-1"]).unwrap();
-        let Command::Run(args) = cli.command else {
+        let Some(Command::Run(args)) = cli.command else {
             panic!("not run")
         };
         assert_eq!((args.memory.as_str(), args.cpus), ("-5", -1));

@@ -8,6 +8,7 @@ mod config;
 mod console;
 mod control;
 mod event_loop;
+mod firecracker;
 mod logger;
 mod pvm;
 mod sandbox;
@@ -27,9 +28,9 @@ use crate::cli::{Cli, Command};
 use crate::config::VmConfig;
 
 /// Exit code for bad input and a host that cannot run VMs.
-const EXIT_USAGE: i32 = 2;
+pub(crate) const EXIT_USAGE: i32 = 2;
 /// Exit code when kiln itself fails while running the VM.
-const EXIT_FAILURE: i32 = 1;
+pub(crate) const EXIT_FAILURE: i32 = 1;
 
 fn main() {
     let start = Instant::now();
@@ -38,9 +39,10 @@ fn main() {
         Err(e) => std::process::exit(parse_error(&e)),
     };
     let code = match cli.command {
-        Command::Run(args) if !args.command.is_empty() => sandbox::run(&args, start),
-        Command::Run(args) => run(&args, start),
-        Command::Snapshot(args) => snapshot(&args),
+        Some(Command::Run(args)) if !args.command.is_empty() => sandbox::run(&args, start),
+        Some(Command::Run(args)) => run(&args, start),
+        Some(Command::Snapshot(args)) => snapshot(&args),
+        None => firecracker::serve(cli.api_sock.as_deref(), cli.config_file.as_deref(), start),
     };
     std::process::exit(code);
 }
@@ -147,7 +149,23 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
         None => vmm::Origin::Boot,
         Some((snap, memory)) => vmm::Origin::Restore(snap, memory),
     };
-    match vmm::run(&config, origin, start, control, api) {
+    report(
+        vmm::run(&config, origin, start, control, api),
+        &config,
+        &tail,
+        start,
+    )
+}
+
+/// Reports how a VM run ended (counters with -v, the stop reason or the
+/// error) and returns kiln's exit code.
+pub(crate) fn report(
+    result: Result<vmm::RunSummary, vmm::VmmError>,
+    config: &VmConfig,
+    tail: &console::ConsoleTail,
+    start: Instant,
+) -> i32 {
+    match result {
         Ok(summary) => {
             if config.verbosity >= 1 {
                 log::info!("exits: {}", summary.stats);

@@ -1,8 +1,8 @@
 //! Snapshot and restore through the real binary, with the bare-metal test
 //! payload counting timer interrupts in memory: snapshotted mid-run with
 //! `kiln snapshot` (over the API socket), continued in new kiln processes
-//! with the count intact; Firecracker's API driven with curl exactly as
-//! its snapshot documentation does; bad and foreign snapshot files.
+//! with the count intact; bad and foreign snapshot files. (Firecracker's
+//! API driven with curl: tests/firecracker_api.rs.)
 
 #[path = "common/mod.rs"]
 mod common;
@@ -10,7 +10,6 @@ mod common;
 mod payload;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{kiln, Outcome, Running};
@@ -124,78 +123,6 @@ fn a_counting_guest_continues_in_new_kilns_from_its_snapshot() {
     }
     // MAP_PRIVATE: the restored guests' writes never reached the file.
     assert!(std::fs::read(snap.join("memory")).unwrap() == memory);
-}
-
-#[test]
-fn firecrackers_snapshot_sequence_works_with_curl() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("firecracker.socket");
-    let mut vm = counting(&sock);
-    assert!(vm.wait_for_stdout(&count_line(2), TIMEOUT));
-    let curl = |method: &str, path: &str, body: Option<&str>| -> (u16, String) {
-        let mut c = Command::new("curl");
-        c.arg("--unix-socket")
-            .arg(&sock)
-            .args(["-s", "-w", "\n%{http_code}", "-X", method])
-            .arg(format!("http://localhost{path}"))
-            .args(["-H", "Accept: application/json"])
-            .args(["-H", "Content-Type: application/json"])
-            .current_dir(dir.path());
-        if let Some(b) = body {
-            c.args(["-d", b]);
-        }
-        let out = c.output().expect("curl (apt-get install curl)");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.trim().parse().unwrap_or(0), body.to_string())
-    };
-
-    let (code, body) = curl("GET", "/", None);
-    assert_eq!(code, 200, "{body}");
-    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(info["state"], "Running");
-    let (code, body) = curl("GET", "/machine-config", None);
-    assert_eq!(code, 200);
-    let mc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
-        (Some(1), Some(64))
-    );
-
-    let create = r#"{"snapshot_type": "Full", "snapshot_path": "./snapshot_file", "mem_file_path": "./mem_file"}"#;
-    let (code, body) = curl("PUT", "/snapshot/create", Some(create));
-    assert_eq!(code, 400, "a running VM is not snapshotted: {body}");
-    assert!(body.contains("fault_message"), "{body}");
-
-    let (code, body) = curl("PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
-    assert_eq!(code, 204, "{body}");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&curl("GET", "/", None).1).unwrap()["state"],
-        "Paused"
-    );
-    let (code, body) = curl("PUT", "/snapshot/create", Some(create));
-    assert_eq!(code, 204, "{body}");
-    let state = std::fs::read(dir.path().join("snapshot_file")).unwrap();
-    assert_eq!(&state[..8], b"KILNSNAP");
-    assert_eq!(
-        std::fs::metadata(dir.path().join("mem_file"))
-            .unwrap()
-            .len(),
-        64 << 20
-    );
-    let (code, _) = curl("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#));
-    assert_eq!(code, 204);
-    let (code, body) = curl(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!(code, 400, "{body}");
-    let (code, body) = curl("PATCH", "/vm", Some(r#"{"state": "Sleeping"}"#));
-    assert_eq!(code, 400, "{body}");
-    assert!(vm.wait_for_stdout(&count_line(8), TIMEOUT), "resumed");
-    let o = stop(vm);
-    o.check(o.code == Some(143), "stops on SIGTERM");
 }
 
 /// Runs `kiln run --restore DIR` expecting a refusal: exit 2, one error

@@ -155,7 +155,7 @@ impl Machine {
             .enumerate()
             .map(|(i, n)| {
                 json!({
-                    "iface_id": format!("net{i}"),
+                    "iface_id": n.iface_id(i),
                     "host_dev_name": n.tap,
                     "guest_mac": n.mac,
                 })

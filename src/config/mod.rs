@@ -10,6 +10,11 @@ use boot::loader;
 
 use crate::cli::RunArgs;
 
+mod parse;
+pub use parse::{
+    describe_size, parse_console, parse_disk, parse_net, parse_size, parse_vsock, DISK_ID_MAX,
+};
+
 /// Bad user input. All of these end kiln with exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -174,11 +179,21 @@ pub struct DiskConfig {
 /// One --net.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
+    /// Firecracker's iface_id, when the card came through the API.
+    pub id: Option<String>,
     /// The existing tap device's name.
     pub tap: String,
     /// The guest's MAC address as given (checked when the card is built);
     /// a stable one is generated when absent.
     pub mac: Option<String>,
+}
+
+impl NetConfig {
+    /// The card's name for the API (`iface_id`): its id, or `net<index>`
+    /// for a card from the command line.
+    pub fn iface_id(&self, index: usize) -> String {
+        self.id.clone().unwrap_or_else(|| format!("net{index}"))
+    }
 }
 
 /// The --vsock device.
@@ -188,6 +203,38 @@ pub struct VsockConfig {
     pub path: PathBuf,
     /// The guest's context ID.
     pub cid: u64,
+}
+
+/// A machine described by its parts, before [`VmConfig::from_spec`]
+/// checks them.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Command line appended to kiln's defaults.
+    pub cmdline: Option<String>,
+    /// vCPUs as asked for (checked against kiln's limit).
+    pub cpus: i64,
+    /// RAM in bytes.
+    pub mem_size: u64,
+    /// No ACPI tables.
+    pub no_acpi: bool,
+    /// Serial console routing.
+    pub console: ConsoleMode,
+    /// Disks in guest order.
+    pub disks: Vec<DiskConfig>,
+    /// The first disk is the root file system.
+    pub root_disk: bool,
+    /// NICs in guest order.
+    pub nets: Vec<NetConfig>,
+    /// The vsock device.
+    pub vsock: Option<VsockConfig>,
+    /// /dev/kvm.
+    pub kvm_device: PathBuf,
+    /// Log verbosity.
+    pub verbosity: u8,
 }
 
 /// Everything needed to build and run one VM.
@@ -231,149 +278,6 @@ pub const MIN_MEMORY_MIB: u64 = 32;
 /// kiln's own vCPU limit: every vCPU must fit in the MP table in the EBDA.
 pub const MAX_CPUS: u32 = 32;
 
-/// Parses a memory size: a number with an optional K, M, G or T suffix
-/// (binary units, an optional trailing "B" or "iB"); a bare number is MiB.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, shift) = match t.chars().last()?.to_ascii_uppercase() {
-        'K' => (&t[..t.len() - 1], 10),
-        'M' => (&t[..t.len() - 1], 20),
-        'G' => (&t[..t.len() - 1], 30),
-        'T' => (&t[..t.len() - 1], 40),
-        c if c.is_ascii_digit() => (t, 20),
-        _ => return None,
-    };
-    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
-}
-
-/// Longest disk ID virtio-blk can return (VIRTIO_BLK_ID_BYTES).
-pub const DISK_ID_MAX: usize = 20;
-/// Longest Linux interface name (IFNAMSIZ - 1).
-pub const IFNAME_MAX: usize = 15;
-
-/// Parses one --disk: `PATH[,ro][,id=NAME]`.
-pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
-    let bad = |why: &str| ConfigError::DiskSpec {
-        spec: spec.to_string(),
-        why: why.to_string(),
-    };
-    let mut parts = spec.split(',');
-    let path = parts.next().unwrap_or_default();
-    if path.is_empty() {
-        return Err(bad("no image path"));
-    }
-    let mut disk = DiskConfig {
-        path: PathBuf::from(path),
-        read_only: false,
-        snapshot: false,
-        id: None,
-    };
-    let mut mode: Option<&str> = None;
-    for opt in parts {
-        match opt.split_once('=') {
-            None if matches!(opt, "ro" | "rw" | "snapshot") => {
-                if let Some(earlier) = mode.filter(|&m| m != opt) {
-                    return Err(bad(&format!(
-                        "'{earlier}' and '{opt}' contradict each other"
-                    )));
-                }
-                mode = Some(opt);
-                disk.read_only = opt == "ro";
-                disk.snapshot = opt == "snapshot";
-            }
-            Some(("id", id)) => {
-                if id.is_empty() || id.len() > DISK_ID_MAX {
-                    return Err(bad("the id must be 1 to 20 characters"));
-                }
-                if !id.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(bad("the id must be printable ASCII without spaces"));
-                }
-                disk.id = Some(id.to_string());
-            }
-            _ => return Err(bad(&format!("unknown option '{opt}'"))),
-        }
-    }
-    Ok(disk)
-}
-
-/// Parses one --net: `tap=NAME[,mac=MAC]`.
-pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
-    let bad = |why: &str| ConfigError::NetSpec {
-        spec: spec.to_string(),
-        why: why.to_string(),
-    };
-    let mut tap = None;
-    let mut mac = None;
-    for opt in spec.split(',') {
-        match opt.split_once('=') {
-            Some(("tap", name)) => {
-                if name.is_empty() || name.len() > IFNAME_MAX || name.contains('/') {
-                    return Err(bad("the tap name must be 1 to 15 characters, no '/'"));
-                }
-                tap = Some(name.to_string());
-            }
-            Some(("mac", m)) => mac = Some(m.to_string()),
-            _ => return Err(bad(&format!("unknown option '{opt}'"))),
-        }
-    }
-    let tap = tap.ok_or_else(|| bad("no tap=NAME"))?;
-    Ok(NetConfig { tap, mac })
-}
-
-/// Parses --vsock: `PATH[,cid=N]`.
-pub fn parse_vsock(spec: &str) -> Result<VsockConfig, ConfigError> {
-    let bad = |why: &str| ConfigError::VsockSpec {
-        spec: spec.to_string(),
-        why: why.to_string(),
-    };
-    let mut parts = spec.split(',');
-    let path = parts.next().unwrap_or_default();
-    if path.is_empty() {
-        return Err(bad("no socket path"));
-    }
-    let mut cid = devices::virtio::vsock::DEFAULT_CID;
-    for opt in parts {
-        match opt.split_once('=') {
-            Some(("cid", n)) => {
-                cid = n
-                    .parse()
-                    .ok()
-                    .filter(|&c| c > 2 && c < u64::from(u32::MAX))
-                    .ok_or_else(|| bad(&format!("cid '{n}' is not a guest CID")))?;
-            }
-            _ => return Err(bad(&format!("unknown option '{opt}'"))),
-        }
-    }
-    let path = PathBuf::from(path);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(bad(&format!("directory {} does not exist", dir.display())));
-    }
-    Ok(VsockConfig { path, cid })
-}
-
-/// Parses --console.
-pub fn parse_console(s: &str) -> Result<ConsoleMode, ConfigError> {
-    match s {
-        "stdio" => Ok(ConsoleMode::Stdio),
-        "none" => Ok(ConsoleMode::None),
-        _ => match s.strip_prefix("file:") {
-            Some(p) if !p.is_empty() => Ok(ConsoleMode::File(PathBuf::from(p))),
-            _ => Err(ConfigError::Console(s.to_string())),
-        },
-    }
-}
-
 /// The host's RAM in bytes, from /proc/meminfo.
 pub fn host_ram_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -413,16 +317,6 @@ fn open_file(what: &'static str, path: &Path) -> Result<File, ConfigError> {
 /// does not exist (yet).
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// A size as a person reads it, never rounded: "40 MiB", "40000 KiB",
-/// "1000 bytes".
-pub fn describe_size(bytes: u64) -> String {
-    match bytes {
-        b if b.is_multiple_of(1 << 20) => format!("{} MiB", b >> 20),
-        b if b.is_multiple_of(1 << 10) => format!("{} KiB", b >> 10),
-        b => format!("{b} bytes"),
-    }
 }
 
 /// Checks the memory size against kiln's minimum and the host's RAM.
@@ -478,7 +372,43 @@ impl VmConfig {
                 }
             }
         }
-        let kernel_path = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
+        let kernel = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
+        let mem_size = parse_size(&args.memory)
+            .ok_or_else(|| ConfigError::MemoryParse(args.memory.clone()))?;
+        let console = parse_console(args.console.as_deref().unwrap_or("stdio"))?;
+        let disks = args
+            .disks
+            .iter()
+            .map(|s| parse_disk(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nets = args
+            .nets
+            .iter()
+            .map(|s| parse_net(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vsock = args.vsock.as_deref().map(parse_vsock).transpose()?;
+        Self::from_spec(MachineSpec {
+            kernel,
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            cpus: args.cpus,
+            mem_size,
+            no_acpi: args.no_acpi,
+            console,
+            disks,
+            root_disk: args.root_disk,
+            nets,
+            vsock,
+            kvm_device: args.kvm_device.clone(),
+            verbosity: args.verbose,
+        })
+    }
+
+    /// Checks a machine described by its parts (from the command line, a
+    /// Firecracker configuration file or API requests) and builds its
+    /// configuration.
+    pub fn from_spec(spec: MachineSpec) -> Result<Self, ConfigError> {
+        let kernel_path = spec.kernel;
         let mut kernel = open_file("kernel", &kernel_path)?;
         loader::check_file(&mut kernel).map_err(|e| match e {
             loader::LoaderError::UnknownFormat | loader::LoaderError::Read(_) => {
@@ -491,28 +421,23 @@ impl VmConfig {
                 source,
             },
         })?;
-        if let Some(path) = &args.initrd {
+        if let Some(path) = &spec.initrd {
             let f = open_file("initrd", path)?;
             if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
                 return Err(ConfigError::EmptyInitrd { path: path.clone() });
             }
         }
-        let mem_size = parse_size(&args.memory)
-            .ok_or_else(|| ConfigError::MemoryParse(args.memory.clone()))?;
+        let mem_size = spec.mem_size;
         check_memory(mem_size, host_ram_bytes())?;
-        let cpus = check_cpus(args.cpus)?;
-        let console = parse_console(args.console.as_deref().unwrap_or("stdio"))?;
-        let disks = args
-            .disks
-            .iter()
-            .map(|s| parse_disk(s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let cpus = check_cpus(spec.cpus)?;
+        let console = spec.console;
+        let disks = spec.disks;
         // Every file the VM reads, by identity (device and inode), so that
         // no path or symlink hides that two of them are one.
         let mut inputs: Vec<(&'static str, &Path, (u64, u64))> = Vec::new();
         let named = [
             ("kernel", Some(kernel_path.as_path())),
-            ("initrd", args.initrd.as_deref()),
+            ("initrd", spec.initrd.as_deref()),
         ];
         for (what, path) in named {
             if let Some((path, id)) = path.and_then(|p| Some((p, file_id(p)?))) {
@@ -548,38 +473,34 @@ impl VmConfig {
                 }
             }
         }
-        if args.root_disk && disks.is_empty() {
+        if spec.root_disk && disks.is_empty() {
             return Err(ConfigError::RootDiskWithoutDisk);
         }
-        let nets = args
-            .nets
-            .iter()
-            .map(|s| parse_net(s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let nets = spec.nets;
         for (i, n) in nets.iter().enumerate() {
             if nets[..i].iter().any(|m| m.tap == n.tap) {
                 return Err(ConfigError::TapTwice(n.tap.clone()));
             }
         }
-        let vsock = args.vsock.as_deref().map(parse_vsock).transpose()?;
+        let vsock = spec.vsock;
         let gap_env = std::env::var("KILN_TIMER_GAP_MS").ok();
         let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
             .ok_or_else(|| ConfigError::TimerGap(gap_env.unwrap_or_default()))?;
         Ok(VmConfig {
             kernel: kernel_path,
-            initrd: args.initrd.clone(),
-            cmdline: args.cmdline.clone(),
+            initrd: spec.initrd,
+            cmdline: spec.cmdline,
             cpus,
-            no_acpi: args.no_acpi,
+            no_acpi: spec.no_acpi,
             mem_size,
             console,
             console_tail: None,
             disks,
-            root_disk: args.root_disk,
+            root_disk: spec.root_disk,
             nets,
             vsock,
-            kvm_device: args.kvm_device.clone(),
-            verbosity: args.verbose,
+            kvm_device: spec.kvm_device,
+            verbosity: spec.verbosity,
             timer_gap,
         })
     }
@@ -593,6 +514,17 @@ impl VmConfig {
         machine: &crate::snapshot::MachineConfig,
     ) -> Result<Self, ConfigError> {
         let console = parse_console(args.console.as_deref().unwrap_or("stdio"))?;
+        let mut c = Self::for_machine(machine, console, args.verbose)?;
+        c.kvm_device = args.kvm_device.clone();
+        Ok(c)
+    }
+
+    /// The configuration of a restored `machine`, its console on `console`.
+    pub fn for_machine(
+        machine: &crate::snapshot::MachineConfig,
+        console: ConsoleMode,
+        verbosity: u8,
+    ) -> Result<Self, ConfigError> {
         let gap_env = std::env::var("KILN_TIMER_GAP_MS").ok();
         let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
             .ok_or_else(|| ConfigError::TimerGap(gap_env.unwrap_or_default()))?;
@@ -609,8 +541,8 @@ impl VmConfig {
             root_disk: false,
             nets: machine.nets.clone(),
             vsock: machine.vsock.clone(),
-            kvm_device: args.kvm_device.clone(),
-            verbosity: args.verbose,
+            kvm_device: PathBuf::from("/dev/kvm"),
+            verbosity,
             timer_gap,
         })
     }
@@ -633,29 +565,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("128M"), Some(128 << 20));
-        assert_eq!(parse_size("1G"), Some(1 << 30));
-        assert_eq!(parse_size("1536M"), Some(1536 << 20));
-        assert_eq!(parse_size("1536MiB"), Some(1536 << 20));
-        assert_eq!(parse_size("2g"), Some(2 << 30));
-        assert_eq!(parse_size("65536K"), Some(64 << 20));
-        assert_eq!(parse_size("512"), Some(512 << 20));
-        for bad in [
-            "",
-            "M",
-            "12X",
-            "-1G",
-            "1.5G",
-            "1 G",
-            "ten",
-            "99999999999999999999G",
-        ] {
-            assert_eq!(parse_size(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn memory_limits() {
         assert!(check_memory(256 << 20, Some(1 << 30)).is_ok());
         assert!(matches!(
@@ -673,16 +582,6 @@ mod tests {
     }
 
     #[test]
-    fn sizes_are_described_without_rounding() {
-        assert_eq!(describe_size(40 << 20), "40 MiB");
-        assert_eq!(describe_size(40000 << 10), "40000 KiB");
-        assert_eq!(describe_size(1 << 10), "1 KiB");
-        assert_eq!(describe_size(1000), "1000 bytes");
-        let e = check_memory(1 << 10, None).unwrap_err().to_string();
-        assert!(e.starts_with("--memory 1 KiB is too small"), "{e}");
-    }
-
-    #[test]
     fn cpu_limits() {
         assert!(matches!(check_cpus(0), Err(ConfigError::NoCpus)));
         assert!(matches!(check_cpus(-1), Err(ConfigError::NoCpus)));
@@ -692,89 +591,6 @@ mod tests {
             check_cpus(i64::from(MAX_CPUS) + 1),
             Err(ConfigError::TooManyCpus { .. })
         ));
-    }
-
-    #[test]
-    fn consoles_parse() {
-        assert_eq!(parse_console("stdio").unwrap(), ConsoleMode::Stdio);
-        assert_eq!(parse_console("none").unwrap(), ConsoleMode::None);
-        assert_eq!(
-            parse_console("file:/tmp/x").unwrap(),
-            ConsoleMode::File("/tmp/x".into())
-        );
-        assert!(parse_console("file:").is_err());
-        assert!(parse_console("tty").is_err());
-    }
-
-    #[test]
-    fn disks_parse() {
-        assert_eq!(
-            parse_disk("a.img").unwrap(),
-            DiskConfig {
-                path: "a.img".into(),
-                read_only: false,
-                snapshot: false,
-                id: None
-            }
-        );
-        let d = parse_disk("a.img,snapshot,snapshot").unwrap();
-        assert!(d.snapshot && !d.read_only);
-        assert!(parse_disk("a.img,ro,ro").unwrap().read_only);
-        let d = parse_disk("/x/b.img,ro,id=data-1").unwrap();
-        assert!(d.read_only);
-        assert_eq!(d.id.as_deref(), Some("data-1"));
-        for bad in [
-            "",
-            ",ro",
-            "a,readonly",
-            "a,id=",
-            "a,id=123456789012345678901",
-            "a,id=has space",
-            "a,ro,rw",
-            "a,rw,ro",
-            "a,ro,snapshot",
-            "a,snapshot,rw",
-        ] {
-            assert!(parse_disk(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn nets_parse() {
-        let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
-        assert_eq!(n.tap, "tap0");
-        assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:01"));
-        assert_eq!(parse_net("tap=t").unwrap().mac, None);
-        for bad in [
-            "",
-            "tap=",
-            "mac=02:00:00:00:00:01",
-            "tap=a,x=1",
-            "tap=0123456789abcdef",
-        ] {
-            assert!(parse_net(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn vsock_parses() {
-        let v = parse_vsock("/tmp/v.sock").unwrap();
-        assert_eq!((v.path, v.cid), (PathBuf::from("/tmp/v.sock"), 3));
-        assert_eq!(parse_vsock("v.sock,cid=42").unwrap().cid, 42);
-        for bad in [
-            "",
-            ",cid=4",
-            "/tmp/v,cid=2",
-            "/tmp/v,cid=4294967295",
-            "/tmp/v,cid=x",
-            "/tmp/v,ro",
-            "/no/such/dir/v.sock",
-        ] {
-            assert!(
-                matches!(parse_vsock(bad), Err(ConfigError::VsockSpec { .. })),
-                "{bad}"
-            );
-        }
     }
 
     #[test]
