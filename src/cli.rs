@@ -168,6 +168,12 @@ pub struct RunArgs {
     #[arg(short = 't', long)]
     pub tty: bool,
 
+    /// With a command: boot the guest afresh instead of restoring it from
+    /// the cached template (a snapshot of it taken when its agent first
+    /// came up), and make no template.
+    #[arg(long)]
+    pub no_template: bool,
+
     /// With a command: copy a host file or directory tree into the guest
     /// before it starts (repeatable). GUEST is absolute; an existing
     /// directory there receives the copy under its own name.
@@ -192,7 +198,7 @@ pub struct RunArgs {
     /// it was.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "kernel", "initrd", "cmdline", "disks", "root_disk", "nets", "vsock",
-        "cpus", "no_acpi", "memory", "rootfs", "command",
+        "cpus", "no_acpi", "memory", "rootfs", "command", "no_template",
     ])]
     pub restore: Option<PathBuf>,
 

@@ -370,7 +370,7 @@ pub fn read_config_file(path: &Path) -> Result<Preboot, String> {
 /// the configuration to restore it into, the snapshot and its memory file.
 pub fn load_params(
     p: &SnapshotLoadParams,
-) -> Result<(VmConfig, crate::snapshot::Snapshot, PathBuf), String> {
+) -> Result<(VmConfig, crate::snapshot::Snapshot, crate::snapshot::Files), String> {
     let memory = p.memory().map_err(|e| e.to_string())?;
     if memory.backend_type == MemoryBackendType::Uffd {
         return Err("the Uffd memory backend is not supported by kiln: use File".into());
@@ -411,7 +411,11 @@ pub fn load_params(
     }
     let config =
         VmConfig::for_machine(&machine, ConsoleMode::Stdio, 0).map_err(|e| e.to_string())?;
-    Ok((config, snap, memory.backend_path))
+    let files = crate::snapshot::Files {
+        state: p.snapshot_path.clone(),
+        memory: memory.backend_path,
+    };
+    Ok((config, snap, files))
 }
 
 /// `kiln --api-sock PATH [--config-file FILE]`: serves the API until the
@@ -497,10 +501,8 @@ fn wait_for_start(
                 }
                 Next::Boot(config) => build(*config, None, tail, start).map(|(m, c)| (m, c, true)),
                 Next::Load(p) => match load_params(&p) {
-                    Ok((config, snap, memory)) => {
-                        build(config, Some((&snap, &memory)), tail, start)
-                            .map(|(m, c)| (m, c, p.resume_vm == Some(true)))
-                    }
+                    Ok((config, snap, files)) => build(config, Some((&snap, &files)), tail, start)
+                        .map(|(m, c)| (m, c, p.resume_vm == Some(true))),
                     Err(e) => {
                         let _ = reply.send(Response::BadRequest(e));
                         continue;
@@ -524,7 +526,7 @@ fn wait_for_start(
 /// last bytes kept in `tail` (for the panic line).
 fn build(
     mut config: VmConfig,
-    restore: Option<(&crate::snapshot::Snapshot, &Path)>,
+    restore: Option<(&crate::snapshot::Snapshot, &crate::snapshot::Files)>,
     tail: &crate::console::ConsoleTail,
     start: Instant,
 ) -> Result<(Machine, VmConfig), String> {
@@ -532,7 +534,7 @@ fn build(
     let control = Arc::new(VmControl::new(config.cpus.into()).map_err(|e| e.to_string())?);
     let m = match restore {
         None => Machine::boot(&config, start, control),
-        Some((snap, memory)) => Machine::restore(&config, snap, memory, start, control),
+        Some((snap, files)) => Machine::restore(&config, snap, files, start, control),
     }
     .map_err(|e| e.to_string())?;
     Ok((m, config))

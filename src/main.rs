@@ -101,7 +101,13 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
     let restored = match &args.restore {
         None => None,
         Some(dir) => match snapshot::read_state(&dir.join(api_client::STATE_FILE)) {
-            Ok(snap) => Some((snap, dir.join(api_client::MEMORY_FILE))),
+            Ok(snap) => Some((
+                snap,
+                snapshot::Files {
+                    state: dir.join(api_client::STATE_FILE),
+                    memory: dir.join(api_client::MEMORY_FILE),
+                },
+            )),
             Err(e) => {
                 log::error!("{e}");
                 return EXIT_USAGE;
@@ -147,7 +153,7 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
     };
     let origin = match &restored {
         None => vmm::Origin::Boot,
-        Some((snap, memory)) => vmm::Origin::Restore(snap, memory),
+        Some((snap, files)) => vmm::Origin::Restore(snap, files),
     };
     report(
         vmm::run(&config, origin, start, control, api),

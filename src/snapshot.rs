@@ -118,6 +118,26 @@ pub struct Snapshot {
     pub devices: DeviceStates,
 }
 
+/// Where a snapshot's files are: the state file, the memory file, and
+/// next to the state file the copy-on-write layer of each disk whose
+/// writes are temporary (`STATE.layerN`, N the disk's index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files {
+    /// The state file.
+    pub state: PathBuf,
+    /// The memory file.
+    pub memory: PathBuf,
+}
+
+impl Files {
+    /// The layer file of disk `index`.
+    pub fn layer(&self, index: usize) -> PathBuf {
+        let mut name = self.state.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".layer{index}"));
+        self.state.with_file_name(name)
+    }
+}
+
 /// The devices' states.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceStates {
@@ -127,6 +147,10 @@ pub struct DeviceStates {
     pub cmos_index: u8,
     /// Each virtio transport, in slot order.
     pub virtio: Vec<devices::virtio::mmio::MmioState>,
+    /// Per disk: which sectors its copy-on-write layer holds (64 to a
+    /// word), for disks whose writes are temporary; the data is in the
+    /// layer file ([`Files::layer`]).
+    pub layers: Vec<Option<Vec<u64>>>,
 }
 
 /// This host's CPU vendor string ("GenuineIntel", "AuthenticAMD", ...).
@@ -309,6 +333,7 @@ mod tests {
                 serial: Default::default(),
                 cmos_index: 3,
                 virtio: vec![],
+                layers: vec![None, Some(vec![1, 2])],
             },
         }
     }
@@ -320,6 +345,12 @@ mod tests {
         let back = decode(Path::new("s"), &bytes).unwrap();
         assert_eq!(back.machine, sample().machine);
         assert_eq!(back.devices.cmos_index, 3);
+        assert_eq!(back.devices.layers, [None, Some(vec![1, 2])]);
+        let files = Files {
+            state: "/s/vm.state".into(),
+            memory: "/s/vm.mem".into(),
+        };
+        assert_eq!(files.layer(2), Path::new("/s/vm.state.layer2"));
     }
 
     #[test]

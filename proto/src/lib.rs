@@ -30,8 +30,12 @@
 //! | 0x14 | TAR | both | a piece of a tar stream; empty: its end |
 //! | 0x15 | COPY_OUT | host | string: guest path to send back as TAR frames |
 //! | 0x16 | RESIZE | host | u16 rows, u16 columns: the terminal's new size |
+//! | 0x17 | SETUP | host | u64 wall-clock time (ns since 1970), bytes entropy (at most 512), string hostname, string machine id |
 //!
-//! A session: the agent sends HELLO; the host may send COPY_IN requests,
+//! A session: the agent sends HELLO; the host sends SETUP (the guest may
+//! be a clone restored from a snapshot: the agent sets the clock, feeds
+//! the entropy to the kernel's RNG and reseeds it, and takes the hostname
+//! and machine id, so no two sandboxes share them); the host may send COPY_IN requests,
 //! each followed by its TAR frames and answered by DONE once unpacked;
 //! then the host sends EXEC, then STDIN and SIGNAL frames as they come;
 //! the agent streams STDOUT and STDERR and ends with EXITED (after FAILED
@@ -44,6 +48,11 @@
 //! comes) and DONE; then it closes the connection (the agent powers the
 //! guest off once it is closed, or after 5 s without a request).
 //!
+//! If the connection breaks before the agent has a command (the VM was
+//! snapshotted while the agent waited, and this is a restored copy: vsock
+//! connections do not survive a restore), the agent connects again and
+//! starts over with HELLO.
+//!
 //! Copies ([`copy`]) are tar streams (ustar with GNU long names) holding
 //! one top-level entry, the file, symlink or directory tree copied. The
 //! receiver stages it next to the destination and moves it into place, as
@@ -55,7 +64,9 @@ use std::io::{self, Read, Write};
 /// The vsock port the agent connects to on the host.
 pub const AGENT_PORT: u32 = 1024;
 /// The protocol version this crate speaks.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
+/// The most entropy one SETUP frame may carry.
+pub const MAX_ENTROPY: usize = 512;
 /// The largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Bytes of a frame header.
@@ -89,6 +100,8 @@ pub mod kind {
     pub const COPY_OUT: u8 = 0x15;
     /// The terminal changed size.
     pub const RESIZE: u8 = 0x16;
+    /// Clock, entropy and identity for this sandbox.
+    pub const SETUP: u8 = 0x17;
 }
 
 /// How the command ended.
@@ -136,6 +149,19 @@ pub struct WinSize {
     pub cols: u16,
 }
 
+/// What makes a sandbox itself: the time, fresh randomness and names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Setup {
+    /// The host's wall-clock time, in nanoseconds since 1970.
+    pub time_ns: u64,
+    /// Random bytes for the guest kernel's RNG.
+    pub entropy: Vec<u8>,
+    /// The guest's hostname.
+    pub hostname: Vec<u8>,
+    /// The guest's machine id (32 hex digits).
+    pub machine_id: Vec<u8>,
+}
+
 /// One message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
@@ -168,6 +194,8 @@ pub enum Msg {
     Done(Option<String>),
     /// The terminal changed size.
     Resize(WinSize),
+    /// The sandbox's clock, entropy and identity.
+    Setup(Setup),
 }
 
 /// A frame that is not what this protocol allows.
@@ -232,6 +260,7 @@ impl Msg {
             Msg::CopyOut(_) => kind::COPY_OUT,
             Msg::Done(_) => kind::DONE,
             Msg::Resize(_) => kind::RESIZE,
+            Msg::Setup(_) => kind::SETUP,
         }
     }
 
@@ -267,6 +296,12 @@ impl Msg {
             }
             Msg::Signal(n) => p.extend_from_slice(&n.to_le_bytes()),
             Msg::Resize(size) => put_size(&mut p, *size),
+            Msg::Setup(s) => {
+                p.extend_from_slice(&s.time_ns.to_le_bytes());
+                put_bytes(&mut p, &s.entropy);
+                put_bytes(&mut p, &s.hostname);
+                put_bytes(&mut p, &s.machine_id);
+            }
         }
         let mut frame = Vec::with_capacity(HEADER_LEN + p.len());
         frame.push(self.kind());
@@ -282,7 +317,7 @@ impl Msg {
             return Ok(None);
         }
         let kind = buf[0];
-        if !matches!(kind, 0x01..=0x06 | 0x10..=0x16) {
+        if !matches!(kind, 0x01..=0x06 | 0x10..=0x17) {
             return Err(ProtoError::UnknownType(kind));
         }
         let len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
@@ -331,6 +366,10 @@ impl<'a> Fields<'a> {
         let rows = u16::from_le_bytes(self.take(2)?.try_into().expect("2"));
         let cols = u16::from_le_bytes(self.take(2)?.try_into().expect("2"));
         Ok(WinSize { rows, cols })
+    }
+
+    fn u64(&mut self) -> Result<u64, ProtoError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
 
     fn i32(&mut self) -> Result<i32, ProtoError> {
@@ -461,6 +500,39 @@ fn parse(kind: u8, payload: &[u8]) -> Result<Msg, ProtoError> {
             let size = f.size()?;
             f.end()?;
             Msg::Resize(size)
+        }
+        kind::SETUP => {
+            let mut f = fields("SETUP");
+            let time_ns = f.u64()?;
+            let entropy = f.bytes()?;
+            let hostname = f.bytes()?;
+            let machine_id = f.bytes()?;
+            f.end()?;
+            if entropy.len() > MAX_ENTROPY {
+                return Err(ProtoError::Malformed {
+                    what: "SETUP",
+                    why: "more entropy than allowed",
+                });
+            }
+            // Linux's hostnames hold 64 bytes.
+            if hostname.is_empty() || hostname.len() > 64 || hostname.contains(&0) {
+                return Err(ProtoError::Malformed {
+                    what: "SETUP",
+                    why: "a hostname of 1 to 64 bytes without NUL",
+                });
+            }
+            if machine_id.len() != 32 || !machine_id.iter().all(u8::is_ascii_hexdigit) {
+                return Err(ProtoError::Malformed {
+                    what: "SETUP",
+                    why: "a machine id of 32 hex digits",
+                });
+            }
+            Msg::Setup(Setup {
+                time_ns,
+                entropy,
+                hostname,
+                machine_id,
+            })
         }
         kind::SIGNAL => {
             let mut f = fields("SIGNAL");

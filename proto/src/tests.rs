@@ -38,6 +38,7 @@ fn all_kinds() -> Vec<Msg> {
             rows: 65535,
             cols: 1,
         }),
+        Msg::Setup(good_setup()),
     ]
 }
 
@@ -60,6 +61,15 @@ fn every_message_round_trips() {
 fn exit_status_reads_like_a_shell() {
     assert_eq!(ExitStatus::Code(7).shell_code(), 7);
     assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+}
+
+fn good_setup() -> Setup {
+    Setup {
+        time_ns: 1_765_000_000_000_000_000,
+        entropy: vec![0xa5; 64],
+        hostname: b"kiln-0123abcd".to_vec(),
+        machine_id: b"0123456789abcdef0123456789ABCDEF".to_vec(),
+    }
 }
 
 #[test]
@@ -87,6 +97,26 @@ fn bad_frames_are_errors_not_panics() {
         Msg::CopyIn(Vec::new()).encode(),
         Msg::CopyOut(b"a\0b".to_vec()).encode(),
         vec![kind::DONE, 0, 0, 0, 0, 2, 0, 0, 0, 0],
+        Msg::Setup(Setup {
+            entropy: vec![0; MAX_ENTROPY + 1],
+            ..good_setup()
+        })
+        .encode(),
+        Msg::Setup(Setup {
+            hostname: Vec::new(),
+            ..good_setup()
+        })
+        .encode(),
+        Msg::Setup(Setup {
+            hostname: vec![b'h'; 65],
+            ..good_setup()
+        })
+        .encode(),
+        Msg::Setup(Setup {
+            machine_id: b"not hex".to_vec(),
+            ..good_setup()
+        })
+        .encode(),
     ] {
         let mut fixed = frame.clone();
         let len = (fixed.len() - HEADER_LEN) as u32;

@@ -366,6 +366,7 @@ impl VmConfig {
                 (!args.copy_in.is_empty(), "--copy-in"),
                 (args.tty, "-t"),
                 (!args.copy_out.is_empty(), "--copy-out"),
+                (args.no_template, "--no-template"),
             ] {
                 if given {
                     return Err(ConfigError::SandboxOptionWithoutCommand(name));

@@ -7,7 +7,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_proto::{read_msg, write_data, write_msg, Exec, Msg, WinSize, VERSION};
+use kiln_proto::{read_msg, write_data, write_msg, Exec, Msg, Setup, WinSize, VERSION};
 
 use super::copy::{fetch_out, send_in, CopyIn, CopyOut, Output};
 use super::{Outcome, Settle};
@@ -28,6 +28,37 @@ impl From<Exec> for Job {
         Job {
             exec,
             ..Job::default()
+        }
+    }
+}
+
+/// A sandbox's own clock, entropy and names ([`Msg::Setup`]): the host's
+/// time now, 64 bytes from the host's RNG, hostname `kiln-` and 8 random
+/// hex digits, a random machine id. No two sandboxes share them, also
+/// when they are clones of one snapshot.
+pub fn new_identity() -> Setup {
+    let mut random = [0u8; 64 + 4 + 16];
+    fill_random(&mut random);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let time_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    Setup {
+        time_ns,
+        entropy: random[..64].to_vec(),
+        hostname: format!("kiln-{}", hex(&random[64..68])).into_bytes(),
+        machine_id: hex(&random[68..]).into_bytes(),
+    }
+}
+
+/// Fills `buf` from the kernel's RNG (getrandom(2)).
+fn fill_random(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes at most the rest of `buf`, which it points into.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n > 0 {
+            done += n as usize;
         }
     }
 }
@@ -57,12 +88,23 @@ impl Stdio {
     }
 }
 
+/// Called once the agent has said HELLO and waits for its first request:
+/// the moment a template snapshot of the guest is taken.
+pub type AfterHello = Box<dyn FnOnce() + Send>;
+
 /// Runs the session; every way it can end settles an outcome.
-pub fn serve(listener: UnixListener, job: Job, agent_wait: Duration, settle: Settle, stdio: Stdio) {
+pub fn serve(
+    listener: UnixListener,
+    job: Job,
+    agent_wait: Duration,
+    settle: Settle,
+    stdio: Stdio,
+    after_hello: Option<AfterHello>,
+) {
     let outcome = match accept(&listener, agent_wait, &settle) {
         Ok(stream) => {
             settle.mark("guest agent connected");
-            let outcome = session(&stream, job, stdio, &settle);
+            let outcome = session(&stream, job, stdio, &settle, after_hello);
             // Done with the agent: signals stop the VM again, and every
             // handle on the socket (input, signals) sees it closed.
             settle.stop_forwarding();
@@ -103,7 +145,13 @@ fn accept(listener: &UnixListener, wait: Duration, settle: &Settle) -> Result<Un
     }
 }
 
-fn session(stream: &UnixStream, job: Job, stdio: Stdio, settle: &Settle) -> Outcome {
+fn session(
+    stream: &UnixStream,
+    job: Job,
+    stdio: Stdio,
+    settle: &Settle,
+    after_hello: Option<AfterHello>,
+) -> Outcome {
     let mut stream = stream;
     let Stdio {
         input,
@@ -128,6 +176,14 @@ fn session(stream: &UnixStream, job: Job, stdio: Stdio, settle: &Settle) -> Outc
         Err(e) => return bad_agent(e),
     }
     let _ = stream.set_read_timeout(None);
+    if let Some(hook) = after_hello {
+        hook();
+    }
+    if let Err(e) = write_msg(&mut stream, &Msg::Setup(new_identity())) {
+        return Outcome::GuestStopped(format!(
+            "lost the guest agent before the command started: {e}"
+        ));
+    }
     // Input and signals share one writer, so their frames never interleave.
     let to_guest = match stream.try_clone() {
         Ok(s) => Arc::new(Mutex::new(s)),
@@ -342,7 +398,14 @@ mod tests {
             copy_out,
             ..Job::default()
         };
-        serve(listener, job, Duration::from_secs(5), settle.clone(), stdio);
+        serve(
+            listener,
+            job,
+            Duration::from_secs(5),
+            settle.clone(),
+            stdio,
+            None,
+        );
         fake.join().unwrap();
         assert!(control.stopping(), "the outcome stops the VM");
         let outcome = settle.outcome().expect("settled");
@@ -359,8 +422,31 @@ mod tests {
         }
     }
 
+    /// HELLO, then the SETUP every session starts with.
     fn hello(s: &mut UnixStream) {
         write_msg(s, &Msg::Hello { version: VERSION }).unwrap();
+        let Ok(Some(Msg::Setup(setup))) = read_msg(s) else {
+            panic!("no SETUP after HELLO")
+        };
+        assert_eq!(setup.entropy.len(), 64);
+        assert!(setup.hostname.starts_with(b"kiln-"));
+    }
+
+    #[test]
+    fn every_sandbox_gets_its_own_identity() {
+        let (a, b) = (new_identity(), new_identity());
+        assert_ne!(a.entropy, b.entropy);
+        assert_ne!(a.hostname, b.hostname);
+        assert_ne!(a.machine_id, b.machine_id);
+        assert_eq!(a.machine_id.len(), 32);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(now - a.time_ns < 60_000_000_000);
+        // Each one is a valid SETUP frame.
+        let frame = Msg::Setup(a.clone()).encode();
+        assert_eq!(Msg::decode(&frame).unwrap().unwrap().0, Msg::Setup(a));
     }
 
     #[test]
@@ -480,6 +566,7 @@ mod tests {
             Duration::from_millis(50),
             settle.clone(),
             quiet_stdio(),
+            None,
         );
         assert!(
             matches!(settle.outcome(), Some(Outcome::AgentNeverUp(why)) if why.contains("within"))
@@ -494,6 +581,7 @@ mod tests {
             Duration::from_secs(60),
             settle.clone(),
             quiet_stdio(),
+            None,
         );
         assert!(
             matches!(settle.outcome(), Some(Outcome::AgentNeverUp(why)) if why.contains("stopped before"))

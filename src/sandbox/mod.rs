@@ -12,6 +12,7 @@
 
 mod client;
 mod copy;
+mod template;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -235,11 +236,54 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
     } else {
         AGENT_WAIT
     };
+    let (link, requester) = match crate::vmm::ApiLink::internal() {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e}");
+            return EXIT_KILN;
+        }
+    };
+    // From the template when there is one; else boot, and make the
+    // template once the agent is up.
+    let mut machine = None;
+    let mut after_hello: Option<client::AfterHello> = None;
+    if let Some(t) = &prepared.template {
+        if let Some(files) = t.files() {
+            match restore(&prepared.config, &files, start, control.clone()) {
+                Ok(m) => {
+                    settle.mark(&format!("restored from the template {}", t.dir.display()));
+                    machine = Some(m);
+                }
+                Err(e) => {
+                    log::warn!("sandbox: the template cannot be restored ({e}); booting and making a new one");
+                    t.discard();
+                }
+            }
+        }
+        if machine.is_none() {
+            let (t, vmm) = (t.clone(), requester.clone());
+            after_hello = Some(Box::new(move || t.create(&vmm)));
+        }
+    }
+    let machine = match machine {
+        Some(m) => Ok(m),
+        None => crate::vmm::Machine::boot(&prepared.config, start, control.clone()),
+    };
+    if let Err(e) = &machine {
+        control.request_stop(StopReason::Fatal(e.to_string()));
+    }
     let client = {
         let settle = settle.clone();
         let (listener, job) = (prepared.listener, prepared.job);
         std::thread::spawn(move || {
-            client::serve(listener, job, agent_wait, settle, client::Stdio::inherit())
+            client::serve(
+                listener,
+                job,
+                agent_wait,
+                settle,
+                client::Stdio::inherit(),
+                after_hello,
+            )
         })
     };
     if let Some(limit) = prepared.timeout {
@@ -249,13 +293,10 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
             settle.settle(Outcome::TimedOut(limit));
         });
     }
-    let result = crate::vmm::run(
-        &prepared.config,
-        crate::vmm::Origin::Boot,
-        start,
-        control,
-        None,
-    );
+    let result = machine.and_then(|mut m| {
+        m.resume();
+        m.run(Some(link))
+    });
     // The client ends once the VM's sockets are gone (or sooner).
     let _ = client.join();
     settle.mark("VM gone");
@@ -295,6 +336,24 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
     code
 }
 
+/// The sandbox VM restored from a template's files, its
+/// vsock device on this sandbox's socket and its console as `config`'s.
+fn restore(
+    config: &VmConfig,
+    files: &crate::snapshot::Files,
+    start: Instant,
+    control: Arc<VmControl>,
+) -> Result<crate::vmm::Machine, String> {
+    let snap = crate::snapshot::read_state(&files.state).map_err(|e| e.to_string())?;
+    let mut machine = snap.machine.clone();
+    machine.vsock.clone_from(&config.vsock);
+    let mut restored = VmConfig::for_machine(&machine, config.console.clone(), config.verbosity)
+        .map_err(|e| e.to_string())?;
+    restored.console_tail.clone_from(&config.console_tail);
+    restored.kvm_device.clone_from(&config.kvm_device);
+    crate::vmm::Machine::restore(&restored, &snap, files, start, control).map_err(|e| e.to_string())
+}
+
 /// What [`run`] needs, made before the VM starts.
 struct Prepared {
     config: VmConfig,
@@ -305,6 +364,8 @@ struct Prepared {
     tail: crate::console::ConsoleTail,
     /// The private directory (removed when dropped).
     dir: tempfile::TempDir,
+    /// The template to start from (or to make), if this sandbox can have one.
+    template: Option<template::Template>,
 }
 
 fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
@@ -394,6 +455,12 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
     config.console_tail = Some(tail.clone());
     let listener = UnixListener::bind(format!("{}_{AGENT_PORT}", socket.display()))
         .map_err(SandboxError::Setup)?;
+    // Templates for guests whose disks all have a temporary layer (the
+    // template keeps it; a disk the guest really writes would no longer
+    // match its page cache) and without NICs (a tap is the user's).
+    let template =
+        (!args.no_template && config.disks.iter().all(|d| d.snapshot) && config.nets.is_empty())
+            .then(|| template::Template::for_config(&config));
     Ok(Prepared {
         config,
         job: client::Job {
@@ -405,6 +472,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
         listener,
         tail,
         dir,
+        template,
     })
 }
 

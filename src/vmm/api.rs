@@ -20,11 +20,32 @@ use crate::event_loop::{Subscriber, Wake};
 /// Firecracker's answer to configuration requests after InstanceStart.
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
 
-/// A running API server and the channel its requests arrive on.
+/// The channel API requests arrive on: from the API socket's server, or
+/// from kiln's own threads (a [`Requester`]).
 pub struct ApiLink {
-    _server: ApiServer,
+    _server: Option<ApiServer>,
     requests: Receiver<(Request, Sender<Response>)>,
     wake: Arc<EventFd>,
+}
+
+/// Makes API requests of the running machine from another of kiln's
+/// threads (the sandbox takes its template snapshot this way).
+#[derive(Clone)]
+pub struct Requester {
+    to_vmm: Sender<(Request, Sender<Response>)>,
+    wake: Arc<EventFd>,
+}
+
+impl Requester {
+    /// Sends `request` and waits for the answer.
+    pub fn call(&self, request: Request) -> Response {
+        let (tx, rx) = channel();
+        if self.to_vmm.send((request, tx)).is_err() || self.wake.write(1).is_err() {
+            return Response::BadRequest("the VM is gone".into());
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Response::BadRequest("the VM is gone".into()))
+    }
 }
 
 impl ApiLink {
@@ -34,10 +55,28 @@ impl ApiLink {
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?);
         let server = ApiServer::start(path, tx, wake.clone())?;
         Ok(ApiLink {
-            _server: server,
+            _server: Some(server),
             requests,
             wake,
         })
+    }
+
+    /// A link without a socket, and the requester that feeds it.
+    pub fn internal() -> Result<(ApiLink, Requester), VmmError> {
+        let (tx, requests) = channel();
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?);
+        let requester = Requester {
+            to_vmm: tx,
+            wake: wake.clone(),
+        };
+        Ok((
+            ApiLink {
+                _server: None,
+                requests,
+                wake,
+            },
+            requester,
+        ))
     }
 
     /// The event-loop subscriber that wakes the loop for a request.

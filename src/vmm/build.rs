@@ -27,7 +27,7 @@ use super::{Machine, VmmError};
 use crate::config::{ConsoleMode, VmConfig};
 use crate::control::{PanicLine, PowerOffLine, ResetLine, StopReason, VmControl};
 use crate::event_loop::{ConsoleInput, EventLoop};
-use crate::snapshot::{DeviceStates, Snapshot};
+use crate::snapshot::{DeviceStates, Files, Snapshot};
 use crate::vcpu::{BootEntry, Vcpu};
 use crate::virtio::Slot;
 use crate::vm::Vm;
@@ -65,7 +65,7 @@ impl Machine {
     pub fn restore(
         config: &VmConfig,
         snap: &Snapshot,
-        memory: &std::path::Path,
+        files: &Files,
         start: Instant,
         control: Arc<VmControl>,
     ) -> Result<Machine, VmmError> {
@@ -76,7 +76,7 @@ impl Machine {
                 config.cpus
             )));
         }
-        let (kvm, vm, repairs_on) = create(config, Memory::File(memory))?;
+        let (kvm, vm, repairs_on) = create(config, Memory::File(&files.memory))?;
         // The interrupt controllers before any device can raise a line.
         vm.restore_state(&snap.vm)?;
         let mut m = assemble(
@@ -86,10 +86,21 @@ impl Machine {
             kvm,
             vm,
             repairs_on,
-            Some(&snap.devices),
+            Some((&snap.devices, files)),
         )?;
         for (v, s) in m.paused.iter_mut().zip(&snap.vcpus) {
             v.restore_state(s)?;
+        }
+        // The transports go into their saved state last, once the local
+        // APICs are restored: a restored device may raise its interrupt
+        // (the vsock device tells the guest its connections are gone), and
+        // KVM_SET_LAPIC would drop one raised before.
+        for (a, state) in m.virtio.iter().zip(&snap.devices.virtio) {
+            a.transport
+                .lock()
+                .expect("virtio lock")
+                .restore(state)
+                .map_err(|e| VmmError::BadSnapshot(e.to_string()))?;
         }
         Ok(m)
     }
@@ -236,8 +247,9 @@ fn assemble(
     kvm: Kvm,
     vm: Vm,
     repairs_on: bool,
-    saved: Option<&DeviceStates>,
+    restore: Option<(&DeviceStates, &Files)>,
 ) -> Result<Machine, VmmError> {
+    let saved = restore.map(|(s, _)| s);
     let slots = slots(config)?;
     // 6. Devices on the buses.
     let mut pio = Bus::new();
@@ -320,8 +332,17 @@ fn assemble(
         Arc::new(Mutex::new(BootTimer::new(start))),
     )?;
     let mut backends: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for d in &config.disks {
-        let image = if d.snapshot {
+    for (i, d) in config.disks.iter().enumerate() {
+        let layer = restore.and_then(|(s, files)| {
+            let written = s.layers.get(i)?.as_ref()?;
+            Some((written, files.layer(i)))
+        });
+        let image = if let (true, Some((written, path))) = (d.snapshot, &layer) {
+            let file = File::open(path).map_err(|e| {
+                VmmError::BadSnapshot(format!("cannot open {}: {e}", path.display()))
+            })?;
+            DiskImage::open_snapshot_restored(&d.path, d.id.as_deref(), written, &file)?
+        } else if d.snapshot {
             DiskImage::open_snapshot(&d.path, d.id.as_deref())?
         } else {
             DiskImage::open(&d.path, d.read_only, d.id.as_deref())?
@@ -336,6 +357,7 @@ fn assemble(
         backends.push(Box::new(Vsock::new(v.cid, &v.path)?));
     }
     if let Some(s) = saved {
+        // Checked here, used once the vCPUs are restored (Machine::restore).
         if s.virtio.len() != backends.len() {
             return Err(VmmError::BadSnapshot(format!(
                 "it holds {} virtio devices, its configuration {}",
@@ -376,19 +398,6 @@ fn assemble(
             repairs,
             config.verbosity >= 3,
         )?);
-    }
-
-    // The transports go into their saved state last: a restored device
-    // may raise its interrupt, and the vsock device tells the guest its
-    // connections are gone.
-    if let Some(s) = saved {
-        for (a, state) in virtio.iter().zip(&s.virtio) {
-            a.transport
-                .lock()
-                .expect("virtio lock")
-                .restore(state)
-                .map_err(|e| VmmError::BadSnapshot(e.to_string()))?;
-        }
     }
 
     // 8. The event loop and its subscribers (vCPU threads start later).

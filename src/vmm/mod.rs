@@ -27,7 +27,7 @@ use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 use crate::{console, virtio};
 
-pub use api::ApiLink;
+pub use api::{ApiLink, Requester};
 
 /// Errors while building or running the VM.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +118,8 @@ pub struct RunSummary {
 pub enum Origin<'a> {
     /// Boot `VmConfig::kernel`.
     Boot,
-    /// A snapshot's state and its memory file.
-    Restore(&'a crate::snapshot::Snapshot, &'a std::path::Path),
+    /// A snapshot's state and its files.
+    Restore(&'a crate::snapshot::Snapshot, &'a crate::snapshot::Files),
 }
 
 /// Builds the VM from `config` (or restores it), runs it until it stops,
@@ -134,8 +134,8 @@ pub fn run(
 ) -> Result<RunSummary, VmmError> {
     let mut m = match origin {
         Origin::Boot => Machine::boot(config, start, control)?,
-        Origin::Restore(snap, memory) => {
-            let m = Machine::restore(config, snap, memory, start, control)?;
+        Origin::Restore(snap, files) => {
+            let m = Machine::restore(config, snap, files, start, control)?;
             log::info!(
                 "restored {} vCPU(s), {} in {:.1} ms",
                 config.cpus,

@@ -23,18 +23,28 @@ impl Machine {
                 "the VM is running: pause it first".into(),
             ));
         }
-        if let Some(d) = self.config.disks.iter().find(|d| d.snapshot) {
-            return Err(VmmError::CannotSnapshot(format!(
-                "disk {} keeps the guest's writes in a temporary layer, which a snapshot cannot keep",
-                d.path.display()
-            )));
-        }
         if same_file(state, memory) {
             return Err(VmmError::CannotSnapshot(
                 "the state file and the memory file must be two files".into(),
             ));
         }
         let t = std::time::Instant::now();
+        let files = snapshot::Files {
+            state: state.to_path_buf(),
+            memory: memory.to_path_buf(),
+        };
+        // The disks' temporary layers (the guest's writes since it booted).
+        let mut layers = Vec::new();
+        for (i, a) in self.virtio.iter().enumerate().take(self.config.disks.len()) {
+            let t = a.transport.lock().expect("virtio lock");
+            match t.device().layer() {
+                Some(layer) => {
+                    snapshot::write_atomically(&files.layer(i), |f| layer.copy_to(f))?;
+                    layers.push(Some(layer.written().to_vec()));
+                }
+                None => layers.push(None),
+            }
+        }
         let vcpus = self
             .paused
             .iter()
@@ -55,6 +65,7 @@ impl Machine {
                     .iter()
                     .map(|a| a.transport.lock().expect("virtio lock").save())
                     .collect(),
+                layers,
             },
         };
         snapshot::write_atomically(memory, |f| self.write_memory(f))?;

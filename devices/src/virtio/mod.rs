@@ -130,6 +130,11 @@ pub trait VirtioDevice: Send {
     fn process_backend(&mut self, _queues: &mut [Queue], _mem: &Memory) -> bool {
         false
     }
+    /// The copy-on-write layer of a disk whose writes are temporary: a
+    /// snapshot keeps it (it is part of the guest's state).
+    fn layer(&self) -> Option<&block::overlay::Overlay> {
+        None
+    }
     /// Counters worth printing when the VM stops (e.g. dropped frames), as
     /// one line; the caller prefixes the device's name.
     fn stats(&self) -> Option<String> {

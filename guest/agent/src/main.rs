@@ -2,9 +2,11 @@
 //!
 //! Started as PID 1 (`rdinit=/sbin/kiln-agent` for kiln's initramfs,
 //! `init=` on a disk root), it mounts what a program expects, connects to
-//! the host over vsock (CID 2, port 1024), runs the one command the host
-//! sends, streams its output and exit status (kiln-proto), then syncs and
-//! resets the machine. Run as any other process (not PID 1) it does the
+//! the host over vsock (CID 2, port 1024), takes the sandbox's clock,
+//! entropy and names, runs the one command the host sends, streams its
+//! output and exit status (kiln-proto), then syncs and resets the
+//! machine. When the connection breaks before a command came (a copy of
+//! this guest restored from a snapshot), it connects again. Run as any other process (not PID 1) it does the
 //! same but leaves mounts and the machine alone, which is how an image
 //! with its own init can start it.
 
@@ -30,18 +32,27 @@ fn main() {
         sys::mount_basics();
         let _ = std::fs::write("/proc/sys/kernel/hostname", "kiln");
     }
-    let result = sys::vsock_connect(HOST_CID, AGENT_PORT, CONNECT_WITHIN).and_then(|conn| {
-        let opts = session::Options {
-            reap_all: pid1,
-            watch_oom: pid1,
-            goodbye: GOODBYE_WAIT,
-            ..Default::default()
-        };
-        // Returns once the host has closed the connection (it stops the
-        // VM once it has the status and its files) or gone quiet, so
-        // nothing is lost in flight.
-        session::serve(conn, &opts).map(drop)
-    });
+    let opts = session::Options {
+        reap_all: pid1,
+        watch_oom: pid1,
+        goodbye: GOODBYE_WAIT,
+        apply_setup: pid1,
+        ..Default::default()
+    };
+    let result = loop {
+        let served = sys::vsock_connect(HOST_CID, AGENT_PORT, CONNECT_WITHIN)
+            // Returns once the host has closed the connection (it stops
+            // the VM once it has the status and its files) or gone quiet,
+            // so nothing is lost in flight.
+            .and_then(|conn| session::serve(conn, &opts).map(drop));
+        match served {
+            // The connection broke before a command came: this guest was
+            // snapshotted while waiting and has been restored (vsock
+            // connections do not survive that). Say HELLO to the new host.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
+            other => break other,
+        }
+    };
     let code = match result {
         Ok(()) => 0,
         Err(e) => {

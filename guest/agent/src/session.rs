@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::pty::{self, Pty};
 use kiln_proto::copy::{pack, staging_parent, unpack, TarReader, TarWriter};
-use kiln_proto::{read_msg, write_data, write_msg, ExitStatus, Msg, VERSION};
+use kiln_proto::{read_msg, write_data, write_msg, ExitStatus, Msg, Setup, VERSION};
 
 /// A byte stream that can be split into a reading and a writing half.
 pub trait Channel: Read + Write + Send + Sized + 'static {
@@ -54,6 +54,9 @@ pub struct Options {
     /// After EXITED, how long to wait for the host's next request (a
     /// COPY_OUT) or for it to close the connection.
     pub goodbye: Duration,
+    /// Apply SETUP to the machine (clock, RNG, hostname, machine id):
+    /// only as PID 1 of a guest.
+    pub apply_setup: bool,
 }
 
 impl Default for Options {
@@ -64,6 +67,31 @@ impl Default for Options {
             workdir: "/",
             watch_oom: false,
             goodbye: Duration::from_secs(5),
+            apply_setup: false,
+        }
+    }
+}
+
+/// Makes this guest the sandbox SETUP describes: sets the wall clock (a
+/// guest restored from a snapshot wakes with its snapshot's time), mixes
+/// the entropy into the kernel's RNG and reseeds it (clones of one
+/// snapshot start with the same RNG state), and takes the hostname and
+/// machine id. Failures are reported, not fatal: the command still runs.
+fn apply_setup(s: &Setup) {
+    if let Err(e) = crate::sys::set_clock(s.time_ns) {
+        eprintln!("kiln-agent: cannot set the clock: {e}");
+    }
+    if let Err(e) = crate::sys::add_entropy(&s.entropy) {
+        eprintln!("kiln-agent: cannot reseed the RNG: {e}");
+    }
+    if let Err(e) = std::fs::write("/proc/sys/kernel/hostname", &s.hostname) {
+        eprintln!("kiln-agent: cannot set the hostname: {e}");
+    }
+    if Path::new("/etc").is_dir() {
+        let mut id = s.machine_id.to_ascii_lowercase();
+        id.push(b'\n');
+        if let Err(e) = std::fs::write("/etc/machine-id", id) {
+            eprintln!("kiln-agent: cannot write /etc/machine-id: {e}");
         }
     }
 }
@@ -74,8 +102,27 @@ pub fn serve<C: Channel>(conn: C, opts: &Options) -> io::Result<ExitStatus> {
     let writer = Arc::new(Mutex::new(conn));
     send(&writer, &Msg::Hello { version: VERSION })?;
     let exec = loop {
-        match read_msg(&mut reader)? {
+        // The connection may break here when this guest is a copy restored
+        // from a snapshot taken while the agent waited: the caller then
+        // connects again (ConnectionReset).
+        let msg = read_msg(&mut reader).map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected => io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("the host went away before sending a command ({e})"),
+            ),
+            _ => e,
+        })?;
+        match msg {
             Some(Msg::Exec(e)) => break e,
+            Some(Msg::Setup(setup)) => {
+                if opts.apply_setup {
+                    apply_setup(&setup);
+                }
+            }
             Some(Msg::CopyIn(path)) => {
                 let result = copy_in(&mut reader, &path)?;
                 send(&writer, &Msg::Done(result.err()))?;
@@ -86,7 +133,12 @@ pub fn serve<C: Channel>(conn: C, opts: &Options) -> io::Result<ExitStatus> {
                     format!("expected EXEC, got frame type {:#04x}", other.kind()),
                 ))
             }
-            None => return Err(io::ErrorKind::UnexpectedEof.into()),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the host closed the connection before sending a command",
+                ))
+            }
         }
     };
     // Frames from the host from now on: input for the command's stdin

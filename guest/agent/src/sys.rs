@@ -1,10 +1,11 @@
 //! What the agent needs from the guest kernel as PID 1: the usual mounts,
-//! a vsock connection to the host, and a clean end.
+//! a vsock connection to the host, the clock and RNG of a sandbox, and a
+//! clean end.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 /// Mounts proc, sysfs, devtmpfs, devpts and tmpfs where a program expects
@@ -47,6 +48,54 @@ fn mount(source: &str, target: &str, fstype: &str, data: &str) -> io::Result<()>
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Sets the wall clock (CLOCK_REALTIME) to `ns` nanoseconds since 1970.
+pub fn set_clock(ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec for the duration of the call.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// RNDADDENTROPY and RNDRESEEDCRNG (linux/random.h).
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mixes `entropy` into the kernel's input pool, credited as entropy, and
+/// reseeds the kernel's RNG from it at once (both need CAP_SYS_ADMIN).
+pub fn add_entropy(entropy: &[u8]) -> io::Result<()> {
+    if entropy.is_empty() {
+        return Ok(());
+    }
+    let words = entropy.len().div_ceil(4);
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = vec![0u32; 2 + words];
+    info[0] = (entropy.len() * 8) as u32;
+    info[1] = entropy.len() as u32;
+    for (i, chunk) in entropy.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        info[2 + i] = u32::from_ne_bytes(w);
+    }
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // SAFETY: `info` is a rand_pool_info whose buf holds buf_size bytes.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Connects to vsock `cid`:`port`, retrying until `within` has passed

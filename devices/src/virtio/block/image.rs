@@ -171,8 +171,29 @@ impl DiskImage {
     /// copy-on-write layer that disappears with kiln. The guest sees a
     /// writable disk; the image never changes.
     pub fn open_snapshot(path: &Path, id: Option<&str>) -> Result<DiskImage, BlockError> {
+        Self::open_layered(path, id, Overlay::new)
+    }
+
+    /// A `snapshot` disk whose layer starts as a saved one was (`written`,
+    /// its data in `layer`), for a VM restored from a snapshot.
+    pub fn open_snapshot_restored(
+        path: &Path,
+        id: Option<&str>,
+        written: &[u64],
+        layer: &File,
+    ) -> Result<DiskImage, BlockError> {
+        Self::open_layered(path, id, |size| Overlay::restore(size, written, layer))
+    }
+
+    /// The image opened read-only and shared, with the layer `make` makes
+    /// for its size above it.
+    fn open_layered(
+        path: &Path,
+        id: Option<&str>,
+        make: impl FnOnce(u64) -> std::io::Result<Overlay>,
+    ) -> Result<DiskImage, BlockError> {
         let mut image = DiskImage::open(path, true, id)?;
-        let overlay = Overlay::new(image.size).map_err(|source| BlockError::Overlay {
+        let overlay = make(image.size).map_err(|source| BlockError::Overlay {
             path: path.to_path_buf(),
             source,
         })?;
@@ -180,6 +201,11 @@ impl DiskImage {
         image.read_only = false;
         image.punch_hole = false;
         Ok(image)
+    }
+
+    /// The copy-on-write layer of a `snapshot` disk.
+    pub fn overlay(&self) -> Option<&Overlay> {
+        self.overlay.as_ref()
     }
 
     /// Sectors written to a `snapshot` disk's layer, if it is one.

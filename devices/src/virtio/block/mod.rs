@@ -12,7 +12,7 @@
 //! after `fdatasync` on the image returned.
 
 mod image;
-mod overlay;
+pub mod overlay;
 mod request;
 
 #[cfg(any(test, feature = "fuzz"))]
@@ -377,6 +377,10 @@ impl VirtioDevice for Block {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn layer(&self) -> Option<&overlay::Overlay> {
+        self.image.overlay()
     }
 
     fn features(&self) -> u64 {

@@ -38,6 +38,60 @@ impl Overlay {
         })
     }
 
+    /// A layer as `saved` was, its data read from `data` (a copy of the
+    /// saved layer's file, see [`Overlay::copy_to`]): a new temporary file
+    /// with the written sectors copied in, so this VM's writes never reach
+    /// `data`, which other VMs may restore from too.
+    pub fn restore(size: u64, written: &[u64], data: &File) -> io::Result<Overlay> {
+        let mut o = Overlay::new(size)?;
+        if written.len() != o.written.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the saved layer is for {} sectors, the disk has {}",
+                    written.len() * 64,
+                    o.sectors
+                ),
+            ));
+        }
+        o.written = written.to_vec();
+        o.count = written.iter().map(|w| u64::from(w.count_ones())).sum();
+        o.copy_runs(data, &o.file)?;
+        Ok(o)
+    }
+
+    /// Which sectors are written, 64 to a word (what a snapshot keeps).
+    pub fn written(&self) -> &[u64] {
+        &self.written
+    }
+
+    /// Copies the written sectors to `to` (a file of its own, left sparse
+    /// elsewhere) for a snapshot.
+    pub fn copy_to(&self, to: &File) -> io::Result<()> {
+        to.set_len(self.sectors * SECTOR_SIZE)?;
+        self.copy_runs(&self.file, to)
+    }
+
+    /// Copies every run of written sectors from `from` to `to` at the same
+    /// offsets.
+    fn copy_runs(&self, from: &File, to: &File) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 1 << 20];
+        for (at, len, layered) in self.runs(0, self.sectors * SECTOR_SIZE) {
+            if !layered {
+                continue;
+            }
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                from.read_exact_at(&mut buf[..n], at + done)?;
+                to.write_all_at(&buf[..n], at + done)?;
+                done += n as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// The temporary file.
     pub fn file(&self) -> &File {
         &self.file
@@ -115,6 +169,34 @@ mod tests {
         o.mark(0, 4096);
         assert_eq!(o.runs(0, 4096), [(0, 4096, true)]);
         assert_eq!(o.written_sectors(), 8);
+    }
+
+    #[test]
+    fn a_layer_is_saved_and_restored_into_a_file_of_its_own() {
+        use std::os::unix::fs::FileExt;
+        let mut o = Overlay::new(64 * SECTOR_SIZE).unwrap();
+        o.file()
+            .write_all_at(&[7u8; 1024], 3 * SECTOR_SIZE)
+            .unwrap();
+        o.mark(3 * SECTOR_SIZE, 1024);
+        o.file()
+            .write_all_at(&[9u8; 512], 63 * SECTOR_SIZE)
+            .unwrap();
+        o.mark(63 * SECTOR_SIZE, 512);
+        let saved = tempfile::tempfile().unwrap();
+        o.copy_to(&saved).unwrap();
+        let mut r = Overlay::restore(64 * SECTOR_SIZE, o.written(), &saved).unwrap();
+        assert_eq!(r.written_sectors(), 3);
+        assert_eq!(r.runs(0, 64 * SECTOR_SIZE), o.runs(0, 64 * SECTOR_SIZE));
+        let mut b = [0u8; 1024];
+        r.file().read_exact_at(&mut b, 3 * SECTOR_SIZE).unwrap();
+        assert_eq!(b, [7u8; 1024]);
+        // The restored layer's writes stay its own.
+        r.file().write_all_at(&[1u8; 512], 3 * SECTOR_SIZE).unwrap();
+        r.mark(3 * SECTOR_SIZE, 512);
+        saved.read_exact_at(&mut b[..512], 3 * SECTOR_SIZE).unwrap();
+        assert_eq!(b[..512], [7u8; 512]);
+        assert!(Overlay::restore(128 * SECTOR_SIZE, o.written(), &saved).is_err());
     }
 
     #[test]
