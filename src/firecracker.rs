@@ -52,6 +52,9 @@ pub struct ConfigFile {
     /// `PUT /vsock`.
     #[serde(default)]
     pub vsock: Option<Vsock>,
+    /// `PUT /logger`.
+    #[serde(default)]
+    pub logger: Option<crate::api::types::Logger>,
 }
 
 /// What a request before the start leads to.
@@ -78,6 +81,9 @@ impl Preboot {
     /// A configuration file's contents as if each part had been PUT.
     pub fn from_file(file: ConfigFile) -> Result<Preboot, String> {
         let mut p = Preboot::default();
+        if let Some(l) = &file.logger {
+            configure_logger(l)?;
+        }
         p.put_boot_source(file.boot_source)?;
         if let Some(m) = file.machine_config {
             p.put_machine(m)?;
@@ -323,6 +329,7 @@ impl Preboot {
             Request::PutDrive(d) => put(self.put_drive(d)),
             Request::PutNetworkInterface(n) => put(self.put_net(n)),
             Request::PutVsock(v) => put(self.put_vsock(v)),
+            Request::PutLogger(l) => put(configure_logger(&l)),
             Request::Action(a) => match a.action_type {
                 ActionType::InstanceStart => match self.vm_config() {
                     Ok(c) => Next::Boot(Box::new(c)),
@@ -344,6 +351,26 @@ impl Preboot {
             }
         }
     }
+}
+
+/// `PUT /logger`: kiln's log lines to a file or named pipe, at a level.
+fn configure_logger(l: &crate::api::types::Logger) -> Result<(), String> {
+    use crate::api::types::LogLevel;
+    let level = l.level.map(|level| match level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warning => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+        LogLevel::Off => log::LevelFilter::Off,
+    });
+    crate::logger::configure(crate::logger::Settings {
+        level,
+        path: l.log_path.as_deref(),
+        show_level: l.show_level.unwrap_or(false),
+        show_origin: l.show_log_origin.unwrap_or(false),
+        module: l.module.clone(),
+    })
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Next {

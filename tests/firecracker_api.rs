@@ -104,6 +104,25 @@ fn start_over_the_api(dir: &Path, sock: &Path) -> Running {
     std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
     let mut vm = kiln_api(sock);
     assert_eq!(state(sock), "Not started");
+    // The getting-started guide's first request: the log to a file.
+    let log = dir.join("firecracker.log");
+    std::fs::write(&log, "").unwrap();
+    ok(
+        sock,
+        "PUT",
+        "/logger",
+        &format!(
+            r#"{{ "log_path": "{}", "level": "Debug", "show_level": true, "show_log_origin": true }}"#,
+            log.display()
+        ),
+    );
+    refused(
+        sock,
+        "PUT",
+        "/logger",
+        Some(r#"{ "log_path": "/no/such/dir/log" }"#),
+        "/no/such/dir/log",
+    );
     refused(
         sock,
         "PUT",
@@ -286,11 +305,14 @@ fn a_config_file_boots_at_once_and_bad_ones_are_refused() {
   "boot-source": {{ "kernel_image_path": "{}", "boot_args": "payload=count", "initrd_path": null }},
   "drives": [],
   "machine-config": {{ "vcpu_count": 1, "mem_size_mib": 64, "smt": false, "track_dirty_pages": false }},
-  "network-interfaces": []
+  "network-interfaces": [],
+  "logger": {{ "log_path": "{}", "level": "Info" }}
 }}"#,
-            elf.display()
+            elf.display(),
+            dir.path().join("fc.log").display()
         ),
     );
+    std::fs::write(dir.path().join("fc.log"), "").unwrap();
     let mut cmd = kiln();
     cmd.arg("--config-file").arg(&good);
     let mut vm = Running::start(cmd);
@@ -309,10 +331,10 @@ fn a_config_file_boots_at_once_and_bad_ones_are_refused() {
         ),
         (
             &format!(
-                r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "logger": {{}}}}"#,
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "metrics": {{}}}}"#,
                 elf.display()
             ),
-            "logger",
+            "metrics",
         ),
         (
             &format!(

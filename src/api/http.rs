@@ -115,6 +115,7 @@ pub(super) fn parse(method: &Method, url: &str, body: &[u8]) -> Result<Parsed, A
             });
         }
         (Method::Put, ["actions"]) => Request::Action(json(body)?),
+        (Method::Put, ["logger"]) => Request::PutLogger(json(body)?),
         (Method::Patch, ["vm"]) => Request::PatchVm(json(body)?),
         (Method::Put, ["snapshot"]) => return Err(ApiError::MissingSnapshotOp),
         (Method::Put, ["snapshot", "create"]) => Request::CreateSnapshot(json(body)?),
@@ -279,6 +280,17 @@ mod tests {
                 r#"{"action_type":"SendCtrlAltDel"}"#,
                 Request::Action(InstanceActionInfo {
                     action_type: ActionType::SendCtrlAltDel,
+                }),
+            ),
+            (
+                put.clone(),
+                "/logger",
+                r#"{"log_path":"/tmp/log","level":"debug","show_level":true}"#,
+                Request::PutLogger(types::Logger {
+                    log_path: Some("/tmp/log".into()),
+                    level: Some(types::LogLevel::Debug),
+                    show_level: Some(true),
+                    ..Default::default()
                 }),
             ),
             (

@@ -72,6 +72,8 @@ pub enum Request {
     PutNetworkInterface(types::NetworkInterface),
     /// `PUT /vsock`.
     PutVsock(types::Vsock),
+    /// `PUT /logger`.
+    PutLogger(types::Logger),
     /// `PUT /actions`.
     Action(types::InstanceActionInfo),
     /// `PATCH /vm`.

@@ -41,6 +41,63 @@ pub struct BootSource {
     pub initrd_path: Option<PathBuf>,
 }
 
+/// `level` of `Logger` (case-insensitive in requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warning,
+    /// Information too (the default).
+    Info,
+    /// Debugging details.
+    Debug,
+    /// Everything.
+    Trace,
+    /// Nothing.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warning" => LogLevel::Warning,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            "off" => LogLevel::Off,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown level `{s}`: use Error, Warning, Info, Debug, Trace or Off"
+                )))
+            }
+        })
+    }
+}
+
+/// `Logger`: where and how much the VMM logs (`PUT /logger`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// How much (default `Info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    /// A named pipe or file the log lines go to (else stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    /// Put each line's level in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Put each line's origin (file and line) in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    /// Only lines from modules whose path starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
 /// `CpuTemplate` (deprecated by Firecracker): CPU features to hide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CpuTemplate {

@@ -158,7 +158,8 @@ impl Machine {
             | Request::PatchMachineConfig(_)
             | Request::PutDrive(_)
             | Request::PutNetworkInterface(_)
-            | Request::PutVsock(_) => Response::BadRequest(AFTER_START.into()),
+            | Request::PutVsock(_)
+            | Request::PutLogger(_) => Response::BadRequest(AFTER_START.into()),
         }
     }
 
