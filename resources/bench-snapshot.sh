@@ -55,7 +55,7 @@ run_parts() {
     fi
     echo "$t1 - $t0" | bc -l >>"$results/$name"
     sed -n 's/.*sandbox: restored from the template .* at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.restored"
-    sed -n 's/.*VM set up in \([0-9.]*\) ms.*/\1/p' "$work/log" | awk '{print $1/1000}' >>"$results/$name.setup"
+    sed -n 's/.*sandbox: VM set up at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.setup"
     sed -n 's/.*sandbox: guest agent connected at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.agent"
     sed -n 's/.*sandbox: command ended at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.ended"
 }

@@ -269,8 +269,9 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
         Some(m) => Ok(m),
         None => crate::vmm::Machine::boot(&prepared.config, start, control.clone()),
     };
-    if let Err(e) = &machine {
-        control.request_stop(StopReason::Fatal(e.to_string()));
+    match &machine {
+        Ok(_) => settle.mark("VM set up"),
+        Err(e) => control.request_stop(StopReason::Fatal(e.to_string())),
     }
     let client = {
         let settle = settle.clone();
