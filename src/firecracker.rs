@@ -281,25 +281,20 @@ impl Preboot {
             })
         };
         match request {
-            Request::GetInstanceInfo => json(&InstanceInfo {
-                app_name: "kiln".into(),
-                id: "anonymous-instance".into(),
-                state: "Not started".into(),
-                vmm_version: env!("CARGO_PKG_VERSION").into(),
-            }),
-            Request::GetVersion => json(&FirecrackerVersion {
-                firecracker_version: env!("CARGO_PKG_VERSION").into(),
-            }),
-            Request::GetMachineConfig => {
-                json(&self.machine.clone().unwrap_or(MachineConfiguration {
+            Request::GetInstanceInfo => {
+                Next::Answer(Response::json(&InstanceInfo::kiln("Not started")))
+            }
+            Request::GetVersion => Next::Answer(Response::json(&FirecrackerVersion::kiln())),
+            Request::GetMachineConfig => Next::Answer(Response::json(
+                &self.machine.clone().unwrap_or(MachineConfiguration {
                     vcpu_count: DEFAULT_VCPUS,
                     mem_size_mib: DEFAULT_MEM_MIB,
                     smt: Some(false),
                     cpu_template: None,
                     track_dirty_pages: Some(false),
                     huge_pages: None,
-                }))
-            }
+                }),
+            )),
             Request::GetVmConfig => Next::Answer(Response::Json(serde_json::json!({
                 "boot-source": self.boot_source,
                 "drives": self.drives,
@@ -370,13 +365,6 @@ fn configure_logger(l: &crate::api::types::Logger) -> Result<(), String> {
         show_level: l.show_level.unwrap_or(false),
         show_origin: l.show_log_origin.unwrap_or(false),
         module: l.module.clone(),
-    })
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Next {
-    Next::Answer(match serde_json::to_value(v) {
-        Ok(v) => Response::Json(v),
-        Err(e) => Response::BadRequest(format!("cannot encode the answer: {e}")),
     })
 }
 

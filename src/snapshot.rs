@@ -34,6 +34,11 @@ const MAX_PAYLOAD: u64 = 64 << 20;
 /// The checksum (the one xz uses).
 const CRC: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
 
+/// CRC-64/XZ of `bytes`: the state file's checksum (template keys use it too).
+pub fn checksum(bytes: &[u8]) -> u64 {
+    CRC.checksum(bytes)
+}
+
 /// Errors reading or writing snapshot files.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -170,7 +175,7 @@ pub fn encode(snap: &Snapshot) -> Result<Vec<u8>, SnapshotError> {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&CRC.checksum(&payload).to_le_bytes());
+    out.extend_from_slice(&checksum(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
 }
@@ -206,7 +211,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
             format!("{} bytes after its end", payload.len() as u64 - len),
         ));
     }
-    if CRC.checksum(payload) != crc {
+    if checksum(payload) != crc {
         return Err(SnapshotError::Corrupted(p()));
     }
     let snap: Snapshot =

@@ -227,9 +227,7 @@ fn disk_in_use_by_another_kiln() {
     let second = run_kiln(&["--disk", img.to_str().unwrap()]);
     // A read-only open of an image someone writes is refused too.
     let second_ro = run_kiln(&["--disk", &format!("{},ro", img.display())]);
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(first.pid(), libc::SIGTERM) };
-    let first = first.wait(TIMEOUT);
+    let first = first.terminate(TIMEOUT);
     first.check(first.code == Some(143), "the first kiln stopped on SIGTERM");
     expect_usage_error(&second, "in use");
     second.check(

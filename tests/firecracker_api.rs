@@ -13,25 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{kiln, Outcome, Running};
+use common::{kiln, Running};
+use payload::{count_line, counts};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn count_line(n: u64) -> String {
-    format!("{}count {n}\n", payload::PREFIX)
-}
-
-/// The counts in the payload's output, in order.
-fn counts(out: &str) -> Vec<u64> {
-    out.lines()
-        .filter_map(|l| {
-            l.strip_prefix(payload::PREFIX)?
-                .strip_prefix("count ")?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
 
 /// `kiln --api-sock SOCK`, waiting until the socket is there.
 fn kiln_api(sock: &Path) -> Running {
@@ -87,12 +72,6 @@ fn state(sock: &Path) -> String {
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["state"].as_str().unwrap().to_string()
-}
-
-fn stop(r: Running) -> Outcome {
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(r.pid(), libc::SIGTERM) };
-    r.wait(TIMEOUT)
 }
 
 /// Configures and starts the counting payload over the API, as the
@@ -217,7 +196,7 @@ fn configured_and_started_over_the_api_then_snapshotted_and_loaded() {
     ok(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#);
     assert_eq!(state(&sock), "Paused");
     ok(&sock, "PUT", "/snapshot/create", create);
-    let orig = stop(vm);
+    let orig = vm.terminate(TIMEOUT);
     orig.check(orig.code == Some(143), "stops on SIGTERM");
     orig.check(!sock.exists(), "the socket is removed at exit");
 
@@ -234,7 +213,7 @@ fn configured_and_started_over_the_api_then_snapshotted_and_loaded() {
         "counts on"
     );
     refused(&sock, "PUT", "/snapshot/load", Some(load), "not allowed");
-    let o = stop(vm);
+    let o = vm.terminate(TIMEOUT);
     let all = counts(&format!("{}{}", orig.stdout, o.stdout));
     let expect: Vec<u64> = (1..=*all.last().unwrap()).collect();
     o.check(all == expect, &format!("no gap, no repeat: {all:?}"));
@@ -264,7 +243,7 @@ fn configured_and_started_over_the_api_then_snapshotted_and_loaded() {
         r#"{"snapshot_path": "./snapshot_file", "mem_file_path": "./mem_file", "resume_vm": true}"#,
     );
     assert!(vm.wait_for_stdout(&count_line(last + 2), TIMEOUT));
-    stop(vm);
+    vm.terminate(TIMEOUT);
 
     // Loading after configuring boot resources is refused.
     let vm = kiln_api(&sock);
@@ -281,7 +260,7 @@ fn configured_and_started_over_the_api_then_snapshotted_and_loaded() {
         Some(load),
         "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
     );
-    let o = stop(vm);
+    let o = vm.terminate(TIMEOUT);
     o.check(
         o.code == Some(143),
         "a kiln that never started stops on SIGTERM",
@@ -320,7 +299,7 @@ fn a_config_file_boots_at_once_and_bad_ones_are_refused() {
         vm.wait_for_stdout(&count_line(2), TIMEOUT),
         "booted from the file"
     );
-    stop(vm);
+    vm.terminate(TIMEOUT);
 
     for (body, what) in [
         ("{", "is not valid"),

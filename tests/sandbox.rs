@@ -246,9 +246,7 @@ fn signals_to_kiln_are_passed_to_the_command() {
         r.wait_for_stdout("ready", TIMEOUT),
         "the command never started"
     );
-    // SAFETY: kill(2) on the child kiln process.
-    unsafe { libc::kill(r.pid(), libc::SIGTERM) };
-    let o = r.wait(TIMEOUT);
+    let o = r.terminate(TIMEOUT);
     o.check(!o.timed_out, "kiln finished by itself");
     o.check(
         o.code == Some(3),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{kiln, Outcome, Running};
+use payload::{count_line, counts};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -28,10 +29,6 @@ fn counting(sock: &Path) -> Running {
     Running::start(cmd)
 }
 
-fn count_line(n: u64) -> String {
-    format!("{}count {n}\n", payload::PREFIX)
-}
-
 /// `kiln snapshot` against `sock`.
 fn kiln_snapshot(sock: &Path, dir: &Path, extra: &[&str]) -> std::process::Output {
     kiln()
@@ -42,25 +39,6 @@ fn kiln_snapshot(sock: &Path, dir: &Path, extra: &[&str]) -> std::process::Outpu
         .arg(dir)
         .output()
         .expect("run kiln snapshot")
-}
-
-/// Stops a running kiln with SIGTERM and collects what it printed.
-fn stop(r: Running) -> Outcome {
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(r.pid(), libc::SIGTERM) };
-    r.wait(TIMEOUT)
-}
-
-/// The counts in the payload's output, in order.
-fn counts(out: &str) -> Vec<u64> {
-    out.lines()
-        .filter_map(|l| {
-            l.strip_prefix(payload::PREFIX)?
-                .strip_prefix("count ")?
-                .parse()
-                .ok()
-        })
-        .collect()
 }
 
 /// Takes a snapshot of a payload that has counted to at least 5, leaving
@@ -78,7 +56,7 @@ fn snapshot_counting_payload(dir: &Path, snap: &Path) -> Outcome {
         "kiln snapshot: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let o = stop(orig);
+    let o = orig.terminate(TIMEOUT);
     o.check(o.code == Some(143), "the original stops on SIGTERM");
     o.check(!sock.exists(), "the API socket is removed at exit");
     o
@@ -106,7 +84,7 @@ fn a_counting_guest_continues_in_new_kilns_from_its_snapshot() {
             r.wait_for_stdout(&count_line(last + 3), TIMEOUT),
             "round {round}: the restored guest counts on"
         );
-        let o = stop(r);
+        let o = r.terminate(TIMEOUT);
         o.check(o.code == Some(143), "the restored kiln stops on SIGTERM");
         o.check(o.stderr.contains("restored 1 vCPU(s)"), "restore logged");
         let joined = format!("{}{}", orig.stdout, o.stdout);
@@ -185,5 +163,5 @@ fn bad_and_foreign_snapshots_are_refused_with_one_line() {
     cmd.arg("run").arg("--restore").arg(&snap);
     let mut r = Running::start(cmd);
     assert!(r.wait_for_stdout(&count_line(7), TIMEOUT));
-    stop(r);
+    r.terminate(TIMEOUT);
 }

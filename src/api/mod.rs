@@ -96,6 +96,16 @@ pub enum Response {
     BadRequest(String),
 }
 
+impl Response {
+    /// 200 with `v` as its JSON body.
+    pub fn json<T: serde::Serialize>(v: &T) -> Response {
+        match serde_json::to_value(v) {
+            Ok(v) => Response::Json(v),
+            Err(e) => Response::BadRequest(format!("cannot encode the answer: {e}")),
+        }
+    }
+}
+
 /// What the API thread sends to the VMM: a request, and where to answer.
 pub type VmmMessage = (Request, Sender<Response>);
 

@@ -492,11 +492,32 @@ pub struct InstanceInfo {
     pub vmm_version: String,
 }
 
+impl InstanceInfo {
+    /// kiln's answer to `GET /` in `state`.
+    pub fn kiln(state: &str) -> InstanceInfo {
+        InstanceInfo {
+            app_name: "kiln".into(),
+            id: "anonymous-instance".into(),
+            state: state.into(),
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
 /// `FirecrackerVersion`, the answer to `GET /version` (built by the VMM).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirecrackerVersion {
     /// Version string.
     pub firecracker_version: String,
+}
+
+impl FirecrackerVersion {
+    /// kiln's answer to `GET /version`.
+    pub fn kiln() -> FirecrackerVersion {
+        FirecrackerVersion {
+            firecracker_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
 }
 
 /// `Error`: the body of every error answer.

@@ -341,6 +341,13 @@ pub fn check_memory(mem_size: u64, host_ram: Option<u64>) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// The timer-pacing gap `KILN_TIMER_GAP_MS` asks for (see `pvm::timer`).
+fn timer_gap() -> Result<std::time::Duration, ConfigError> {
+    let env = std::env::var("KILN_TIMER_GAP_MS").ok();
+    crate::pvm::timer::min_gap(env.as_deref())
+        .ok_or_else(|| ConfigError::TimerGap(env.unwrap_or_default()))
+}
+
 /// Checks the vCPU count against kiln's own limit (KVM's is checked when
 /// /dev/kvm is open).
 pub fn check_cpus(cpus: i64) -> Result<u8, ConfigError> {
@@ -484,9 +491,7 @@ impl VmConfig {
             }
         }
         let vsock = spec.vsock;
-        let gap_env = std::env::var("KILN_TIMER_GAP_MS").ok();
-        let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
-            .ok_or_else(|| ConfigError::TimerGap(gap_env.unwrap_or_default()))?;
+        let timer_gap = timer_gap()?;
         Ok(VmConfig {
             kernel: kernel_path,
             initrd: spec.initrd,
@@ -526,9 +531,7 @@ impl VmConfig {
         console: ConsoleMode,
         verbosity: u8,
     ) -> Result<Self, ConfigError> {
-        let gap_env = std::env::var("KILN_TIMER_GAP_MS").ok();
-        let timer_gap = crate::pvm::timer::min_gap(gap_env.as_deref())
-            .ok_or_else(|| ConfigError::TimerGap(gap_env.unwrap_or_default()))?;
+        let timer_gap = timer_gap()?;
         Ok(VmConfig {
             kernel: PathBuf::new(),
             initrd: None,

@@ -20,8 +20,6 @@ use crate::config::VmConfig;
 use crate::snapshot::Files;
 use crate::vmm::Requester;
 
-/// The key's checksum (the one the state file uses).
-const CRC: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
 /// Templates kept per cache: the newest ones; older ones are removed when
 /// a new one is made.
 const KEEP: usize = 4;
@@ -107,7 +105,10 @@ impl Template {
     /// The template for `config` (it may not exist yet).
     pub fn for_config(config: &VmConfig) -> Template {
         let key = key(config);
-        let dir = cache_dir().join(format!("{:016x}", CRC.checksum(key.as_bytes())));
+        let dir = cache_dir().join(format!(
+            "{:016x}",
+            crate::snapshot::checksum(key.as_bytes())
+        ));
         Template { dir, key }
     }
 

@@ -90,31 +90,16 @@ impl ApiLink {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Response {
-    match serde_json::to_value(v) {
-        Ok(v) => Response::Json(v),
-        Err(e) => Response::BadRequest(format!("cannot encode the answer: {e}")),
-    }
-}
-
 impl Machine {
     /// Answers one API request.
     pub(super) fn handle(&mut self, request: Request) -> Response {
         match request {
-            Request::GetInstanceInfo => to_json(&InstanceInfo {
-                app_name: "kiln".into(),
-                id: "anonymous-instance".into(),
-                state: if self.is_paused() {
-                    "Paused"
-                } else {
-                    "Running"
-                }
-                .into(),
-                vmm_version: env!("CARGO_PKG_VERSION").into(),
-            }),
-            Request::GetVersion => to_json(&FirecrackerVersion {
-                firecracker_version: env!("CARGO_PKG_VERSION").into(),
-            }),
+            Request::GetInstanceInfo => Response::json(&InstanceInfo::kiln(if self.is_paused() {
+                "Paused"
+            } else {
+                "Running"
+            })),
+            Request::GetVersion => Response::json(&FirecrackerVersion::kiln()),
             Request::GetMachineConfig => Response::Json(self.machine_config_json()),
             Request::GetVmConfig => Response::Json(self.vm_config_json()),
             Request::PatchVm(vm) => {

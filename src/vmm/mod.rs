@@ -237,7 +237,6 @@ impl Machine {
 
     /// 9. Tear down: stop and join every vCPU, flush the console.
     fn tear_down(mut self) -> RunSummary {
-        self.control.set_pause(true);
         self.pause();
         let mut stats = ExitStats::default();
         let mut repairs = Vec::new();

@@ -145,6 +145,13 @@ impl Running {
         self.child.id() as i32
     }
 
+    /// Stops kiln with SIGTERM and collects what it left, as [`Running::wait`].
+    pub fn terminate(self, timeout: Duration) -> Outcome {
+        // SAFETY: kill(2) on our own child process; no memory involved.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.wait(timeout)
+    }
+
     /// Waits up to `timeout` (from the start), killing the VM if it is still running then.
     pub fn wait(mut self, timeout: Duration) -> Outcome {
         self.close_stdin();

@@ -32,6 +32,18 @@ pub const INSNS: &[&str] = &[
     "lsl",
 ];
 
+/// The line `payload=count` prints for count `n`.
+pub fn count_line(n: u64) -> String {
+    format!("{PREFIX}count {n}\n")
+}
+
+/// The counts in `payload=count`'s output, in order.
+pub fn counts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(PREFIX)?.strip_prefix("count ")?.parse().ok())
+        .collect()
+}
+
 /// Assembles and links the payload once per test process; returns the ELF's path.
 pub fn build() -> PathBuf {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
