@@ -26,7 +26,7 @@ use crate::config::{DiskConfig, NetConfig, VsockConfig};
 /// The first bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"KILNSNAP";
 /// The state file's format version: bump it when [`Snapshot`] changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The header: magic, version, length, checksum.
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 /// The largest payload kiln will read (a state file is a few KiB per vCPU).
@@ -150,6 +150,8 @@ pub struct DeviceStates {
     pub serial: devices::serial::SerialSnapshot,
     /// The CMOS index register.
     pub cmos_index: u8,
+    /// The PS/2 controller and keyboard.
+    pub i8042: devices::i8042::I8042State,
     /// Each virtio transport, in slot order.
     pub virtio: Vec<devices::virtio::mmio::MmioState>,
     /// Per disk: which sectors its copy-on-write layer holds (64 to a
@@ -337,6 +339,7 @@ mod tests {
             devices: DeviceStates {
                 serial: Default::default(),
                 cmos_index: 3,
+                i8042: Default::default(),
                 virtio: vec![],
                 layers: vec![None, Some(vec![1, 2])],
             },
@@ -373,7 +376,9 @@ mod tests {
         assert!(err(&flipped).contains("corrupted (checksum"));
         let mut other = good.clone();
         other[8] = 99;
-        assert!(err(&other).contains("format 99; this kiln reads format 1"));
+        assert!(err(&other).contains(&format!(
+            "format 99; this kiln reads format {FORMAT_VERSION}"
+        )));
         let mut longer = good.clone();
         longer.push(0);
         assert!(err(&longer).contains("after its end"));

@@ -190,6 +190,28 @@ fn configured_and_started_over_the_api_then_snapshotted_and_loaded() {
     let sock = dir.path().join("firecracker.socket");
     let vm = start_over_the_api(dir.path(), &sock);
 
+    // The payload has no keyboard driver: the keys wait in the controller,
+    // as on Firecracker (204), the log says the guest ignores them, and
+    // once its buffer is full the action is refused.
+    ok(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "SendCtrlAltDel"}"#,
+    );
+    refused(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+        "keyboard buffer is full",
+    );
+    let log = std::fs::read_to_string(dir.path().join("firecracker.log")).unwrap();
+    assert!(
+        log.contains("the guest does not read its PS/2 keyboard"),
+        "the log says why nothing happens: {log}"
+    );
+
     // Firecracker's snapshot guide: pause, create, (resume).
     let create = r#"{"snapshot_type": "Full", "snapshot_path": "./snapshot_file", "mem_file_path": "./mem_file"}"#;
     refused(&sock, "PUT", "/snapshot/create", Some(create), "running");
@@ -341,4 +363,70 @@ fn a_config_file_boots_at_once_and_bad_ones_are_refused() {
     })
     .wait(TIMEOUT);
     o.check(o.code == Some(2), "a missing file is refused");
+}
+
+/// Firecracker's way to stop a guest: `SendCtrlAltDel`. A Linux guest
+/// booted over the API (kiln's acpi kernel, which like a distribution
+/// kernel finds the PS/2 controller through the DSDT) gets Ctrl+Alt+Delete
+/// on its keyboard, reboots, and kiln exits 0.
+#[test]
+fn send_ctrl_alt_del_reboots_a_linux_guest() {
+    let missing = "run ./resources/guests.sh (it builds the acpi kernel and the initramfs) first";
+    let kernel = common::guest_artifact("acpi/vmlinux", missing);
+    let initrd = common::guest_artifact("initramfs.cpio", missing);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("firecracker.socket");
+    let mut vm = kiln_api(&sock);
+    ok(
+        &sock,
+        "PUT",
+        "/boot-source",
+        &format!(
+            r#"{{ "kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off -- sleep 3600" }}"#,
+            kernel.display(),
+            initrd.display()
+        ),
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/machine-config",
+        r#"{ "vcpu_count": 1, "mem_size_mib": 256 }"#,
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    );
+    let linux = Duration::from_secs(600);
+    assert!(
+        vm.wait_for_stdout("KILN-INIT:", linux),
+        "the guest booted to its init"
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "SendCtrlAltDel"}"#,
+    );
+    let o = vm.wait(linux);
+    o.check(!o.timed_out, "the guest rebooted before the timeout");
+    o.check(
+        o.stdout.contains("input: AT Raw Set 2 keyboard"),
+        "the guest found the keyboard",
+    );
+    o.check(
+        !o.stderr.contains("does not read its PS/2 keyboard"),
+        "kiln saw the guest's keyboard driver",
+    );
+    o.check(
+        o.stdout.contains("reboot: Restarting system"),
+        "Ctrl+Alt+Delete rebooted the guest",
+    );
+    o.check(
+        o.stderr.contains("i8042: guest requested a reset"),
+        "through the i8042 reset line",
+    );
+    o.check(o.code == Some(0), "the reboot ended kiln with 0");
 }

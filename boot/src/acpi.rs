@@ -12,8 +12,8 @@
 //! - MADT: one local APIC per vCPU (APIC ID = vCPU index), the IOAPIC, NMI
 //!   on LINT1. ISA interrupts are identity-mapped to IOAPIC pins, like the
 //!   MP table says, so there are no interrupt source overrides.
-//! - DSDT: COM1 (PNP0501), the CMOS RTC (PNP0B00), pvpanic (QEMU0001), every virtio-mmio
-//!   device (LNRO0005, its window and its edge-triggered interrupt) and
+//! - DSDT: COM1 (PNP0501), the CMOS RTC (PNP0B00), the PS/2 keyboard
+//!   controller (PNP0303), pvpanic (QEMU0001), every virtio-mmio device (LNRO0005, its window and its edge-triggered interrupt) and
 //!   `\_S5`, which makes Linux offer ACPI power-off.
 //!
 //! [`build`] is pure (tables and their addresses); [`write`] puts them into
@@ -53,10 +53,9 @@ const RESET_OFFSET: u16 = 2;
 /// Alignment of each table in guest memory.
 const TABLE_ALIGN: u64 = 16;
 
-/// FADT IA-PC boot architecture flags: no VGA, no MSI, no PCIe ASPM. The
-/// 8042 flag stays clear: kiln's i8042 is only a reset line, so the guest
-/// should not probe it for a keyboard (`reboot=k` still works).
-const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3) | (1 << 4);
+/// FADT IA-PC boot architecture flags: an 8042 (the PS/2 keyboard
+/// controller, also in the DSDT), no VGA, no MSI, no PCIe ASPM.
+const IAPC_BOOT_ARCH: u16 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4);
 
 /// Errors building or writing the tables.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -297,6 +296,24 @@ fn rtc() -> Raw {
     )))
 }
 
+/// The i8042's keyboard port: data and command/status registers, IRQ 1.
+/// Distribution kernels find the controller only through this (PNP).
+fn ps2_keyboard() -> Raw {
+    let data = layout::ports::I8042_DATA;
+    let command = data + layout::ports::I8042_LEN - 1;
+    let data_io = aml::IO::new(data, data, 1, 1);
+    let command_io = aml::IO::new(command, command, 1, 1);
+    let irq = edge_interrupt(layout::ports::I8042_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&data_io, &command_io, &irq]);
+    Raw(to_bytes(&aml::Device::new(
+        "PS2K".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    )))
+}
+
 /// QEMU's pvpanic port, under the ID Linux's `pvpanic-mmio` driver binds.
 fn pvpanic() -> Raw {
     let port = layout::ports::PVPANIC;
@@ -339,7 +356,7 @@ fn virtio_device(index: usize, slot: &VirtioMmioSlot) -> Result<Raw, AcpiError> 
 
 /// The DSDT: the `\_SB` devices and `\_S5`.
 fn dsdt(virtio: &[VirtioMmioSlot]) -> Result<Sdt, AcpiError> {
-    let mut devices = vec![com1(), rtc(), pvpanic()];
+    let mut devices = vec![com1(), rtc(), ps2_keyboard(), pvpanic()];
     for (i, slot) in virtio.iter().enumerate() {
         devices.push(virtio_device(i, slot)?);
     }
@@ -585,6 +602,8 @@ mod tests {
                 "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000004, }",
                 "Device (RTC) { Name (_HID, EisaId (\"PNP0B00\")",
                 "IO (Decode16, 0x0070, // Range Minimum 0x0070, // Range Maximum 0x01, // Alignment 0x02, // Length )",
+                "Device (PS2K) { Name (_HID, EisaId (\"PNP0303\")",
+                "IO (Decode16, 0x0064, // Range Minimum 0x0064, // Range Maximum 0x01, // Alignment 0x01, // Length ) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000001, }",
                 "Device (PEVT) { Name (_HID, \"QEMU0001\")",
                 "IO (Decode16, 0x0505, // Range Minimum 0x0505, // Range Maximum 0x01, // Alignment 0x01, // Length )",
                 "Device (VR00) { Name (_HID, \"LNRO0005\") // _HID: Hardware ID Name (_UID, Zero)",

@@ -119,6 +119,8 @@ pub mod ports {
     pub const I8042_DATA: u16 = 0x60;
     /// i8042 command/status port (0x64); the window 0x60..0x65 covers both.
     pub const I8042_LEN: u16 = 5;
+    /// i8042 keyboard interrupt line.
+    pub const I8042_IRQ: u32 = 1;
     /// ACPI hardware-reduced power registers (the FADT points here): sleep
     /// control at +0, sleep status at +1, reset at +2, one byte each.
     pub const ACPI_PM: u16 = 0x600;

@@ -92,6 +92,25 @@ impl ApiLink {
 
 impl Machine {
     /// Answers one API request.
+    /// Presses Ctrl+Alt+Delete on the guest's PS/2 keyboard. As in
+    /// Firecracker, a guest without a keyboard driver gets the keys all
+    /// the same (and ignores them); kiln says so in its log.
+    fn send_ctrl_alt_del(&mut self) -> Response {
+        let mut i8042 = self.i8042.lock().expect("i8042 lock");
+        if !i8042.guest_listens() {
+            log::warn!(
+                "SendCtrlAltDel: the guest does not read its PS/2 keyboard (its kernel needs the i8042 and atkbd drivers); the keys wait in the controller"
+            );
+        }
+        match i8042.send_ctrl_alt_del() {
+            Ok(()) => {
+                log::info!("SendCtrlAltDel: Ctrl+Alt+Delete pressed and released");
+                Response::NoContent
+            }
+            Err(e) => Response::BadRequest(e.to_string()),
+        }
+    }
+
     pub(super) fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::GetInstanceInfo => Response::json(&InstanceInfo::kiln(if self.is_paused() {
@@ -133,10 +152,7 @@ impl Machine {
             Request::Action(a) => match a.action_type {
                 ActionType::InstanceStart => Response::BadRequest(AFTER_START.into()),
                 ActionType::FlushMetrics => Response::NoContent,
-                ActionType::SendCtrlAltDel => Response::BadRequest(
-                    "SendCtrlAltDel is not supported: kiln's i8042 has no keyboard; stop the VM with SIGTERM or from the guest"
-                        .into(),
-                ),
+                ActionType::SendCtrlAltDel => self.send_ctrl_alt_del(),
             },
             Request::PutBootSource(_)
             | Request::PutMachineConfig(_)

@@ -91,8 +91,9 @@ impl Machine {
         for (v, s) in m.paused.iter_mut().zip(&snap.vcpus) {
             v.restore_state(s)?;
         }
-        // The transports go into their saved state last, once the local
-        // APICs are restored: a restored device may raise its interrupt
+        // The transports go into their saved state last, and the keyboard
+        // raises its pending byte, once the local APICs are restored: a
+        // restored device may raise its interrupt
         // (the vsock device tells the guest its connections are gone), and
         // KVM_SET_LAPIC would drop one raised before.
         for (a, state) in m.virtio.iter().zip(&snap.devices.virtio) {
@@ -102,6 +103,7 @@ impl Machine {
                 .restore(state)
                 .map_err(|e| VmmError::BadSnapshot(e.to_string()))?;
         }
+        m.i8042.lock().expect("i8042 lock").raise_pending();
         Ok(m)
     }
 }
@@ -280,11 +282,17 @@ fn assemble(
         layout::ports::COM1_LEN.into(),
         serial.clone(),
     )?;
-    let i8042 = I8042::new(Arc::new(ResetLine(control.clone())));
+    let i8042_reset = Arc::new(ResetLine(control.clone()));
+    let i8042_irq = Arc::new(vm.irqfd(layout::ports::I8042_IRQ)?);
+    let i8042 = match saved {
+        None => I8042::new(i8042_reset, i8042_irq),
+        Some(s) => I8042::restore(i8042_reset, i8042_irq, &s.i8042),
+    };
+    let i8042 = Arc::new(Mutex::new(i8042));
     pio.insert(
         layout::ports::I8042_DATA.into(),
         layout::ports::I8042_LEN.into(),
-        Arc::new(Mutex::new(i8042)),
+        i8042.clone(),
     )?;
     // pvpanic: always on the bus, described to the guest in the DSDT.
     pio.insert(
@@ -424,6 +432,7 @@ fn assemble(
         control,
         serial,
         cmos,
+        i8042,
         virtio,
         paused: vcpus,
         running: Vec::new(),

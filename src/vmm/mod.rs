@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use boot::{acpi, loader, mptable, zero_page};
 use devices::cmos::Cmos;
+use devices::i8042::I8042;
 use devices::serial::Serial;
 
 use crate::config::VmConfig;
@@ -161,6 +162,7 @@ pub struct Machine {
     control: Arc<VmControl>,
     serial: Arc<Mutex<Serial>>,
     cmos: Arc<Mutex<Cmos>>,
+    i8042: Arc<Mutex<I8042>>,
     virtio: Vec<virtio::Attached>,
     /// vCPUs not running (all of them before start and while paused).
     paused: Vec<Vcpu>,

@@ -60,6 +60,7 @@ impl Machine {
             devices: DeviceStates {
                 serial: self.serial.lock().expect("serial lock").save(),
                 cmos_index: self.cmos.lock().expect("cmos lock").index(),
+                i8042: self.i8042.lock().expect("i8042 lock").save(),
                 virtio: self
                     .virtio
                     .iter()
