@@ -138,6 +138,17 @@ pub struct RunArgs {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Teaching mode: print every VM exit on stderr as one decoded line
+    /// (time, vCPU, exit reason, device and register, value, guest RIP and
+    /// function, time kiln took), and a table of exits per reason and per
+    /// device at the end. FILTER (comma-separated): device names (com1,
+    /// i8042, cmos, pvpanic, acpi-pm, boot-timer, blk, net, vsock, virtio,
+    /// unclaimed), exit reasons (io, io-in, io-out, mmio, mmio-read,
+    /// mmio-write, hlt, msr, debug, emulation, event, shutdown, kick),
+    /// vcpuN; e.g. --trace=com1,i8042 or --trace=mmio,vcpu0.
+    #[arg(long, value_name = "FILTER", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub trace: Option<String>,
+
     /// Only warnings and errors on stderr.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,

@@ -15,6 +15,7 @@ mod sandbox;
 mod snapshot;
 mod stats;
 mod terminal;
+mod trace;
 mod vcpu;
 mod virtio;
 mod vm;
@@ -173,6 +174,9 @@ pub(crate) fn report(
 ) -> i32 {
     match result {
         Ok(summary) => {
+            if let Some(table) = &summary.trace {
+                eprint!("{table}");
+            }
             if config.verbosity >= 1 {
                 log::info!("exits: {}", summary.stats);
                 for r in &summary.repairs {

@@ -368,6 +368,41 @@ impl I8042 {
     }
 }
 
+/// What an access at `offset` means, for kiln's exit trace: the register
+/// and, for commands, their name (`cmd <- 0xfe (reset)`).
+pub fn describe(offset: u64, write: bool, value: u8) -> String {
+    match (offset, write) {
+        (COMMAND_OFFSET, false) => format!("status -> {value:#04x}"),
+        (COMMAND_OFFSET, true) => {
+            let what = match value {
+                cmd::READ_CTR => "read command byte",
+                cmd::WRITE_CTR => "write command byte",
+                cmd::DISABLE_AUX => "disable AUX",
+                cmd::ENABLE_AUX => "enable AUX",
+                cmd::TEST_AUX => "test AUX",
+                cmd::SELF_TEST => "self-test",
+                cmd::TEST_KBD => "test keyboard port",
+                cmd::DISABLE_KBD => "disable keyboard",
+                cmd::ENABLE_KBD => "enable keyboard",
+                cmd::READ_OUTPUT => "read output port",
+                cmd::WRITE_OUTPUT => "write output port",
+                cmd::WRITE_KBD_BUFFER => "write keyboard buffer",
+                cmd::WRITE_AUX_BUFFER => "AUX loop-back",
+                cmd::WRITE_AUX => "write to AUX",
+                c if c & cmd::PULSE_OUTPUT == cmd::PULSE_OUTPUT && c & OUTPUT_RESET_LINE == 0 => {
+                    "reset"
+                }
+                c if c & cmd::PULSE_OUTPUT == cmd::PULSE_OUTPUT => "pulse nothing",
+                _ => "?",
+            };
+            format!("cmd <- {value:#04x} ({what})")
+        }
+        (DATA_OFFSET, false) => format!("data -> {value:#04x}"),
+        (DATA_OFFSET, true) => format!("data <- {value:#04x}"),
+        _ => format!("offset {offset} ?"),
+    }
+}
+
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
@@ -442,6 +477,14 @@ mod tests {
             out.push(data(d));
         }
         out
+    }
+
+    #[test]
+    fn accesses_are_described() {
+        assert_eq!(describe(4, true, 0xfe), "cmd <- 0xfe (reset)");
+        assert_eq!(describe(4, true, 0xff), "cmd <- 0xff (pulse nothing)");
+        assert_eq!(describe(4, false, 0x14), "status -> 0x14");
+        assert_eq!(describe(0, true, 0xf4), "data <- 0xf4");
     }
 
     #[test]

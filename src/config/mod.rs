@@ -18,6 +18,9 @@ pub use parse::{
 /// Bad user input. All of these end kiln with exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `--trace=FILTER` does not parse (the message names the term).
+    #[error("{0}")]
+    Trace(String),
     /// KILN_TIMER_GAP_MS is not a number of milliseconds kiln accepts.
     #[error("KILN_TIMER_GAP_MS={0:?} is not a whole number of milliseconds from 0 (no timer pacing) to {max}", max = crate::pvm::timer::MAX_GAP_MS)]
     TimerGap(String),
@@ -271,6 +274,8 @@ pub struct VmConfig {
     /// On kvm_pvm hosts: the least time from a guest timer write to its
     /// interrupt (`KILN_TIMER_GAP_MS`, see `pvm::timer`).
     pub timer_gap: std::time::Duration,
+    /// `--trace`: which exits to print (None: no trace).
+    pub trace: Option<crate::trace::filter::Filter>,
 }
 
 /// Smallest guest kiln will build.
@@ -361,6 +366,13 @@ pub fn check_cpus(cpus: i64) -> Result<u8, ConfigError> {
     }
 }
 
+/// `--trace` / `--trace=FILTER` (the empty string is plain `--trace`).
+fn parse_trace(arg: Option<&str>) -> Result<Option<crate::trace::filter::Filter>, ConfigError> {
+    arg.map(|f| crate::trace::filter::Filter::parse((!f.is_empty()).then_some(f)))
+        .transpose()
+        .map_err(ConfigError::Trace)
+}
+
 impl VmConfig {
     /// Builds and validates a configuration from `kiln run`'s arguments.
     pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
@@ -395,7 +407,8 @@ impl VmConfig {
             .map(|s| parse_net(s))
             .collect::<Result<Vec<_>, _>>()?;
         let vsock = args.vsock.as_deref().map(parse_vsock).transpose()?;
-        Self::from_spec(MachineSpec {
+        let trace = parse_trace(args.trace.as_deref())?;
+        let mut config = Self::from_spec(MachineSpec {
             kernel,
             initrd: args.initrd.clone(),
             cmdline: args.cmdline.clone(),
@@ -409,7 +422,9 @@ impl VmConfig {
             vsock,
             kvm_device: args.kvm_device.clone(),
             verbosity: args.verbose,
-        })
+        })?;
+        config.trace = trace;
+        Ok(config)
     }
 
     /// Checks a machine described by its parts (from the command line, a
@@ -508,6 +523,7 @@ impl VmConfig {
             kvm_device: spec.kvm_device,
             verbosity: spec.verbosity,
             timer_gap,
+            trace: None,
         })
     }
 
@@ -522,6 +538,7 @@ impl VmConfig {
         let console = parse_console(args.console.as_deref().unwrap_or("stdio"))?;
         let mut c = Self::for_machine(machine, console, args.verbose)?;
         c.kvm_device = args.kvm_device.clone();
+        c.trace = parse_trace(args.trace.as_deref())?;
         Ok(c)
     }
 
@@ -548,6 +565,7 @@ impl VmConfig {
             kvm_device: PathBuf::from("/dev/kvm"),
             verbosity,
             timer_gap,
+            trace: None,
         })
     }
 

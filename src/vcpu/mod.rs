@@ -17,6 +17,7 @@ pub mod state;
 use crate::control::{StopReason, VmControl};
 use crate::pvm::{self, HostRepairs};
 use crate::stats::ExitStats;
+use crate::trace::{TracedExit, Tracer};
 
 /// Errors setting a vCPU up.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,8 @@ pub struct Vcpu {
     /// Exit counters, reported with -v.
     pub stats: ExitStats,
     trace: bool,
+    /// `--trace`: every exit is recorded here.
+    tracer: Option<Arc<Tracer>>,
 }
 
 /// What the run loop does after an exit.
@@ -94,11 +97,11 @@ pub enum Next {
 
 /// Routes one exit to the buses. Pure with respect to KVM: unit-tested
 /// with made-up exits.
-pub fn dispatch(exit: VcpuExit, pio: &Bus, mmio: &Bus, stats: &mut ExitStats) -> Next {
+pub fn dispatch(exit: &mut VcpuExit, pio: &Bus, mmio: &Bus, stats: &mut ExitStats) -> Next {
     match exit {
         VcpuExit::IoIn(port, data) => {
             stats.pio += 1;
-            if !pio.read(u64::from(port), data) {
+            if !pio.read(u64::from(*port), data) {
                 log::debug!("unclaimed port read {port:#x}");
                 data.fill(0xff);
             }
@@ -106,14 +109,14 @@ pub fn dispatch(exit: VcpuExit, pio: &Bus, mmio: &Bus, stats: &mut ExitStats) ->
         }
         VcpuExit::IoOut(port, data) => {
             stats.pio += 1;
-            if !pio.write(u64::from(port), data) {
+            if !pio.write(u64::from(*port), data) {
                 log::debug!("unclaimed port write {port:#x} <- {data:x?}");
             }
             Next::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
             stats.mmio += 1;
-            if !mmio.read(addr, data) {
+            if !mmio.read(*addr, data) {
                 log::debug!("unclaimed MMIO read {addr:#x}");
                 data.fill(0xff);
             }
@@ -121,14 +124,14 @@ pub fn dispatch(exit: VcpuExit, pio: &Bus, mmio: &Bus, stats: &mut ExitStats) ->
         }
         VcpuExit::MmioWrite(addr, data) => {
             stats.mmio += 1;
-            if !mmio.write(addr, data) {
+            if !mmio.write(*addr, data) {
                 log::debug!("unclaimed MMIO write {addr:#x} <- {data:x?}");
             }
             Next::Continue
         }
         // Without a userspace irqchip HLT stays in KVM; should one reach us, resume.
         VcpuExit::Hlt => Next::Continue,
-        VcpuExit::SystemEvent(kind, _) => match kind {
+        VcpuExit::SystemEvent(kind, _) => match *kind {
             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Next::Stop(StopReason::PowerOff),
             kvm_bindings::KVM_SYSTEM_EVENT_RESET => Next::Stop(StopReason::Reset),
             _ => Next::Unhandled("KVM_EXIT_SYSTEM_EVENT"),
@@ -137,7 +140,7 @@ pub fn dispatch(exit: VcpuExit, pio: &Bus, mmio: &Bus, stats: &mut ExitStats) ->
         VcpuExit::Shutdown => Next::Unhandled("KVM_EXIT_SHUTDOWN (triple fault)"),
         VcpuExit::FailEntry(_, _) => Next::Unhandled("KVM_EXIT_FAIL_ENTRY"),
         VcpuExit::Exception => Next::Unhandled("KVM_EXIT_EXCEPTION"),
-        VcpuExit::Debug(arch) => Next::Debug(arch),
+        VcpuExit::Debug(arch) => Next::Debug(*arch),
         VcpuExit::Hypercall(_) => Next::Unhandled("KVM_EXIT_HYPERCALL"),
         VcpuExit::X86Wrmsr(exit) => Next::MsrWrite(exit.index, exit.data),
         VcpuExit::Unknown => Next::Unhandled("KVM_EXIT_UNKNOWN"),
@@ -196,7 +199,13 @@ impl Vcpu {
             repairs,
             stats: ExitStats::default(),
             trace,
+            tracer: None,
         })
+    }
+
+    /// Records every exit of this vCPU in `tracer` (`--trace`).
+    pub fn set_tracer(&mut self, tracer: Arc<Tracer>) {
+        self.tracer = Some(tracer);
     }
 
     /// Sets the boot vCPU's registers for the kernel's entry protocol.
@@ -242,15 +251,26 @@ impl Vcpu {
             }
         };
         while !self.control.stopping() && !self.control.pausing() {
-            let next = match self.fd.run() {
-                Ok(exit) => {
+            let result = self.fd.run();
+            // --trace: when kiln got the exit, and a copy of it.
+            let since = self.tracer.is_some().then(std::time::Instant::now);
+            let mut traced = None;
+            let next = match result {
+                Ok(mut exit) => {
                     if self.trace {
                         log::trace!("vCPU {}: {exit:?}", self.id);
                     }
-                    dispatch(exit, &self.pio, &self.mmio, &mut self.stats)
+                    let next = dispatch(&mut exit, &self.pio, &self.mmio, &mut self.stats);
+                    if self.tracer.is_some() {
+                        traced = Some(TracedExit::of(&exit));
+                    }
+                    next
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.stats.interrupted += 1;
+                    if self.tracer.is_some() {
+                        traced = Some(TracedExit::kick());
+                    }
                     self.on_tick()
                 }
                 Err(e) => Next::Stop(self.fatal(format!("KVM_RUN failed: {e}"))),
@@ -263,6 +283,12 @@ impl Vcpu {
                 Next::Continue => self.after_exit(),
                 stop @ Next::Stop(_) => stop,
             };
+            if let (Some(tracer), Some(exit), Some(since)) = (&self.tracer, traced, since) {
+                let fd = &self.fd;
+                tracer.record(self.id, &exit, since.elapsed(), || {
+                    fd.get_regs().ok().map(|r| r.rip)
+                });
+            }
             if let Next::Stop(reason) = next {
                 self.control.request_stop(reason);
             }
@@ -566,18 +592,18 @@ mod tests {
         let (pio, mmio, dev) = buses();
         let mut st = ExitStats::default();
         assert_eq!(
-            dispatch(VcpuExit::IoOut(0x3f8, b"k"), &pio, &mmio, &mut st),
+            dispatch(&mut VcpuExit::IoOut(0x3f8, b"k"), &pio, &mmio, &mut st),
             Next::Continue
         );
         let mut b = [0u8; 1];
         assert_eq!(
-            dispatch(VcpuExit::IoIn(0x3fd, &mut b), &pio, &mmio, &mut st),
+            dispatch(&mut VcpuExit::IoIn(0x3fd, &mut b), &pio, &mmio, &mut st),
             Next::Continue
         );
         assert_eq!(b[0], 0x45);
         assert_eq!(
             dispatch(
-                VcpuExit::MmioWrite(0xc000_0000, &[123]),
+                &mut VcpuExit::MmioWrite(0xc000_0000, &[123]),
                 &pio,
                 &mmio,
                 &mut st
@@ -594,14 +620,14 @@ mod tests {
         let mut st = ExitStats::default();
         let mut b = [0u8; 4];
         assert_eq!(
-            dispatch(VcpuExit::IoIn(0x510, &mut b), &pio, &mmio, &mut st),
+            dispatch(&mut VcpuExit::IoIn(0x510, &mut b), &pio, &mmio, &mut st),
             Next::Continue
         );
         assert_eq!(b, [0xff; 4]);
         let mut b = [0u8; 4];
         assert_eq!(
             dispatch(
-                VcpuExit::MmioRead(0xd000_0000, &mut b),
+                &mut VcpuExit::MmioRead(0xd000_0000, &mut b),
                 &pio,
                 &mmio,
                 &mut st
@@ -616,19 +642,24 @@ mod tests {
         let (pio, mmio, _) = buses();
         let mut st = ExitStats::default();
         assert!(matches!(
-            dispatch(VcpuExit::Shutdown, &pio, &mmio, &mut st),
+            dispatch(&mut VcpuExit::Shutdown, &pio, &mmio, &mut st),
             Next::Unhandled(n) if n.contains("triple fault")
         ));
         assert_eq!(
-            dispatch(VcpuExit::FailEntry(0x80000021, 0), &pio, &mmio, &mut st),
+            dispatch(
+                &mut VcpuExit::FailEntry(0x80000021, 0),
+                &pio,
+                &mmio,
+                &mut st
+            ),
             Next::Unhandled("KVM_EXIT_FAIL_ENTRY")
         );
         assert_eq!(
-            dispatch(VcpuExit::Unknown, &pio, &mmio, &mut st),
+            dispatch(&mut VcpuExit::Unknown, &pio, &mmio, &mut st),
             Next::Unhandled("KVM_EXIT_UNKNOWN")
         );
         assert_eq!(
-            dispatch(VcpuExit::InternalError, &pio, &mmio, &mut st),
+            dispatch(&mut VcpuExit::InternalError, &pio, &mmio, &mut st),
             Next::EmulationFailure
         );
     }
@@ -638,14 +669,14 @@ mod tests {
         let (pio, mmio, _) = buses();
         let mut st = ExitStats::default();
         let mut error = 0u8;
-        let exit = VcpuExit::X86Wrmsr(kvm_ioctls::WriteMsrExit {
+        let mut exit = VcpuExit::X86Wrmsr(kvm_ioctls::WriteMsrExit {
             error: &mut error,
             reason: kvm_ioctls::MsrExitReason::Filter,
             index: pvm::timer::MSR_IA32_TSC_DEADLINE,
             data: 1234,
         });
         assert_eq!(
-            dispatch(exit, &pio, &mmio, &mut st),
+            dispatch(&mut exit, &pio, &mmio, &mut st),
             Next::MsrWrite(pvm::timer::MSR_IA32_TSC_DEADLINE, 1234)
         );
     }
@@ -656,7 +687,7 @@ mod tests {
         let mut st = ExitStats::default();
         assert_eq!(
             dispatch(
-                VcpuExit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_RESET, &[]),
+                &mut VcpuExit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_RESET, &[]),
                 &pio,
                 &mmio,
                 &mut st
@@ -665,7 +696,7 @@ mod tests {
         );
         assert_eq!(
             dispatch(
-                VcpuExit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                &mut VcpuExit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
                 &pio,
                 &mmio,
                 &mut st

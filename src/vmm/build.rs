@@ -15,6 +15,10 @@ use devices::boot_timer::BootTimer;
 use devices::bus::Bus;
 use devices::cmos::Cmos;
 use devices::i8042::I8042;
+
+use crate::trace::decode::Decoder;
+use crate::trace::symbols::Symbols;
+use crate::trace::Tracer;
 use devices::pvpanic::PvPanic;
 use devices::serial::Serial;
 use devices::virtio::block::{Block, DiskImage};
@@ -390,6 +394,10 @@ fn assemble(
     } else {
         0
     };
+    let tracer = config
+        .trace
+        .clone()
+        .map(|f| Arc::new(tracer(config, f, start)));
     let mut vm = vm;
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.cpus).zip(std::mem::take(&mut vm.vcpu_fds)) {
@@ -406,6 +414,9 @@ fn assemble(
             repairs,
             config.verbosity >= 3,
         )?);
+        if let Some(t) = &tracer {
+            vcpus.last_mut().expect("just pushed").set_tracer(t.clone());
+        }
     }
 
     // 8. The event loop and its subscribers (vCPU threads start later).
@@ -433,6 +444,7 @@ fn assemble(
         serial,
         cmos,
         i8042,
+        tracer,
         virtio,
         paused: vcpus,
         running: Vec::new(),
@@ -440,4 +452,52 @@ fn assemble(
         msr_list,
         _raw_terminal: raw_terminal,
     })
+}
+
+/// `--trace`: the decoder for this machine's address map, and the kernel's
+/// symbols when it has them.
+fn tracer(config: &VmConfig, filter: crate::trace::filter::Filter, start: Instant) -> Tracer {
+    use crate::trace::decode::VirtioKind;
+    let disks = config.disks.iter().enumerate().map(|(i, d)| {
+        let name = format!("vd{}", (b'a' + i as u8) as char);
+        let label = match &d.id {
+            Some(id) => format!("{name}, {id}"),
+            None => name,
+        };
+        (VirtioKind::Block, label)
+    });
+    let nets = config
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (VirtioKind::Net, format!("eth{i} on {}", n.tap)));
+    let vsock = config
+        .vsock
+        .iter()
+        .map(|v| (VirtioKind::Vsock, format!("cid {}", v.cid)));
+    let virtio: Vec<_> = disks.chain(nets).chain(vsock).collect();
+    let symbols = if config.kernel.as_os_str().is_empty() {
+        None
+    } else {
+        match Symbols::from_elf(&config.kernel) {
+            Ok(s) => {
+                log::info!(
+                    "trace: {} function names from {}",
+                    s.len(),
+                    config.kernel.display()
+                );
+                Some(s)
+            }
+            Err(why) => {
+                log::info!("trace: no function names: {why}");
+                None
+            }
+        }
+    };
+    Tracer::new(
+        filter,
+        Decoder::new(&virtio, !config.no_acpi),
+        symbols,
+        start,
+    )
 }

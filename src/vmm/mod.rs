@@ -113,6 +113,8 @@ pub struct RunSummary {
     pub repairs: Vec<String>,
     /// Device counters worth reporting (e.g. dropped frames).
     pub devices: Vec<String>,
+    /// `--trace`: the table of exits per reason and device.
+    pub trace: Option<String>,
 }
 
 /// Where a VM comes from.
@@ -163,6 +165,8 @@ pub struct Machine {
     serial: Arc<Mutex<Serial>>,
     cmos: Arc<Mutex<Cmos>>,
     i8042: Arc<Mutex<I8042>>,
+    /// `--trace`.
+    tracer: Option<Arc<crate::trace::Tracer>>,
     virtio: Vec<virtio::Attached>,
     /// vCPUs not running (all of them before start and while paused).
     paused: Vec<Vcpu>,
@@ -268,6 +272,7 @@ impl Machine {
             stats,
             repairs,
             devices,
+            trace: self.tracer.as_ref().map(|t| t.summary()),
         }
     }
 }

@@ -34,6 +34,63 @@ pub const NOTIFY_OFFSET: u64 = reg::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 /// Offset of the device-specific configuration space.
 const CONFIG_OFFSET: u64 = reg::VIRTIO_MMIO_CONFIG as u64;
 
+/// The name of the register at `offset` in a virtio-mmio window (virtio
+/// 1.2, 4.2.2), for kiln's exit trace; offsets from 0x100 on are the
+/// device's configuration space.
+pub fn register_name(offset: u64) -> &'static str {
+    if offset >= CONFIG_OFFSET {
+        return "Config";
+    }
+    match offset as u32 {
+        reg::VIRTIO_MMIO_MAGIC_VALUE => "MagicValue",
+        reg::VIRTIO_MMIO_VERSION => "Version",
+        reg::VIRTIO_MMIO_DEVICE_ID => "DeviceID",
+        reg::VIRTIO_MMIO_VENDOR_ID => "VendorID",
+        reg::VIRTIO_MMIO_DEVICE_FEATURES => "DeviceFeatures",
+        reg::VIRTIO_MMIO_DEVICE_FEATURES_SEL => "DeviceFeaturesSel",
+        reg::VIRTIO_MMIO_DRIVER_FEATURES => "DriverFeatures",
+        reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL => "DriverFeaturesSel",
+        reg::VIRTIO_MMIO_QUEUE_SEL => "QueueSel",
+        reg::VIRTIO_MMIO_QUEUE_NUM_MAX => "QueueNumMax",
+        reg::VIRTIO_MMIO_QUEUE_NUM => "QueueNum",
+        reg::VIRTIO_MMIO_QUEUE_READY => "QueueReady",
+        reg::VIRTIO_MMIO_QUEUE_NOTIFY => "QueueNotify",
+        reg::VIRTIO_MMIO_INTERRUPT_STATUS => "InterruptStatus",
+        reg::VIRTIO_MMIO_INTERRUPT_ACK => "InterruptACK",
+        reg::VIRTIO_MMIO_STATUS => "Status",
+        reg::VIRTIO_MMIO_QUEUE_DESC_LOW => "QueueDescLow",
+        reg::VIRTIO_MMIO_QUEUE_DESC_HIGH => "QueueDescHigh",
+        reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW => "QueueDriverLow",
+        reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH => "QueueDriverHigh",
+        reg::VIRTIO_MMIO_QUEUE_USED_LOW => "QueueDeviceLow",
+        reg::VIRTIO_MMIO_QUEUE_USED_HIGH => "QueueDeviceHigh",
+        reg::VIRTIO_MMIO_CONFIG_GENERATION => "ConfigGeneration",
+        _ => "reserved",
+    }
+}
+
+/// The device-status bits set in `status`, by their spec names.
+pub fn status_names(status: u32) -> String {
+    let names = [
+        (VIRTIO_CONFIG_S_ACKNOWLEDGE, "ACKNOWLEDGE"),
+        (VIRTIO_CONFIG_S_DRIVER, "DRIVER"),
+        (VIRTIO_CONFIG_S_FEATURES_OK, "FEATURES_OK"),
+        (VIRTIO_CONFIG_S_DRIVER_OK, "DRIVER_OK"),
+        (VIRTIO_CONFIG_S_NEEDS_RESET, "NEEDS_RESET"),
+        (VIRTIO_CONFIG_S_FAILED, "FAILED"),
+    ];
+    let set: Vec<&str> = names
+        .iter()
+        .filter(|(bit, _)| status & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if set.is_empty() {
+        "reset".into()
+    } else {
+        set.join("|")
+    }
+}
+
 /// Errors creating a transport.
 #[derive(Debug, thiserror::Error)]
 pub enum MmioError {
@@ -647,6 +704,19 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Mutex;
     use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn registers_and_status_have_their_spec_names() {
+        assert_eq!(register_name(0x50), "QueueNotify");
+        assert_eq!(register_name(0x70), "Status");
+        assert_eq!(register_name(0x104), "Config");
+        assert_eq!(register_name(0x0fe), "reserved");
+        assert_eq!(status_names(0), "reset");
+        assert_eq!(
+            status_names(0xf),
+            "ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK"
+        );
+    }
 
     /// A device that records what the transport did to it.
     #[derive(Default)]

@@ -1,0 +1,178 @@
+//! Teaching mode through the real binary: `kiln run --trace[=FILTER]` on
+//! the bare-metal test payload (its ELF symbols name the functions) prints
+//! the exits a learner expects, decoded and in order, and the table of
+//! exits per reason and device; FILTER selects; bad filters are refused.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "payload/mod.rs"]
+mod payload;
+
+use std::time::Duration;
+
+use common::{run, Outcome};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn boot(mode: &str, extra: &[&str]) -> Outcome {
+    let elf = payload::build();
+    let cmdline = format!("payload={mode}");
+    let mut args = vec![
+        "run",
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--console",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, TIMEOUT)
+}
+
+/// The trace lines (they start with the time in seconds).
+fn trace_lines(o: &Outcome) -> Vec<&str> {
+    o.stderr
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|t| t.parse::<f64>().is_ok())
+        })
+        .collect()
+}
+
+/// The summary row `name`: count, total ms, mean us.
+fn row<'a>(o: &'a Outcome, name: &str) -> Option<Vec<&'a str>> {
+    o.stderr
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name) && l.starts_with("  "))
+        .map(|l| l.split_whitespace().skip(1).collect())
+}
+
+fn count(o: &Outcome, name: &str) -> u64 {
+    row(o, name)
+        .and_then(|r| r.first()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_payload_boot_is_traced_exit_by_exit_in_order() {
+    let o = boot("hello", &["--trace"]);
+    o.check(o.code == Some(0), "the payload resets as usual");
+    let lines = trace_lines(&o);
+    // What the payload does: print its greeting through putc (poll LSR,
+    // write THR), mark the boot time, print the times, reset.
+    let expect = [
+        ("vcpu0 io-in", "COM1 LSR -> 0x60 (THR empty)", "at putc"),
+        ("vcpu0 io-out", "COM1 THR <- 'k' (send a byte)", "at putc"),
+        ("vcpu0 io-out", "COM1 THR <- 'i' (send a byte)", "at putc"),
+        (
+            "vcpu0 mmio-write",
+            "boot-timer <- 123 (the guest says: booted)",
+            "at mode_hello",
+        ),
+        ("vcpu0 io-out", "i8042 cmd <- 0xfe (reset)", "at reset"),
+    ];
+    let mut at = 0;
+    for (reason, text, function) in expect {
+        let found = lines[at..]
+            .iter()
+            .position(|l| l.contains(reason) && l.contains(text) && l.contains(function));
+        o.check(
+            found.is_some(),
+            &format!("a line '{reason} ... {text} ... {function}' after line {at}"),
+        );
+        at += found.unwrap() + 1;
+    }
+    o.check(at == lines.len(), "the reset is the last exit");
+    // Each line ends with the time kiln took.
+    o.check(
+        lines.iter().all(|l| l.ends_with(" us")),
+        "every line says how long kiln took",
+    );
+    // The table counts what the lines show.
+    let thr = lines.iter().filter(|l| l.contains("COM1 THR <-")).count() as u64;
+    let lsr = lines.iter().filter(|l| l.contains("COM1 LSR ->")).count() as u64;
+    o.check(thr > 40, "the greeting and the times, byte by byte");
+    o.check(
+        count(&o, "io-out") == thr + 1,
+        "io-out = THR writes + the reset",
+    );
+    o.check(count(&o, "io-in") == lsr, "io-in = LSR reads");
+    o.check(count(&o, "mmio-write") == 1, "one boot-timer write");
+    o.check(count(&o, "com1") == thr + lsr, "com1 row");
+    o.check(count(&o, "i8042") == 1, "i8042 row");
+    o.check(count(&o, "boot-timer") == 1, "boot-timer row");
+    o.check(
+        o.stderr.contains(&format!(
+            "kiln trace: {} exits",
+            thr + lsr + 2 + count(&o, "kick")
+        )),
+        "the total",
+    );
+
+    // Without --trace: no trace lines, no table.
+    let quiet = boot("hello", &[]);
+    quiet.check(
+        trace_lines(&quiet).is_empty() && !quiet.stderr.contains("kiln trace:"),
+        "no trace unless asked",
+    );
+}
+
+#[test]
+fn a_filter_selects_devices_reasons_and_vcpus() {
+    let o = boot("badport", &["--trace=i8042,unclaimed"]);
+    o.check(o.code == Some(0), "the payload survives and resets");
+    let lines = trace_lines(&o);
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap_or(""))
+        .collect();
+    o.check(
+        texts == ["0x510", "0x510", "0xd0000000", "0xd0000000", "0x64"],
+        &format!("the unclaimed accesses, then the reset: {texts:?}"),
+    );
+    o.check(
+        lines[1].contains("unclaimed -> 0xff (nothing here: reads all ones)"),
+        "an unclaimed port reads all ones",
+    );
+    o.check(
+        lines[2].contains("unclaimed <- 0x42 (nothing here: the write is dropped)"),
+        "an unclaimed MMIO write is dropped",
+    );
+    o.check(
+        count(&o, "com1") > 20,
+        "the table still counts what the filter hides",
+    );
+
+    let o = boot("hello", &["--trace=mmio,vcpu1"]);
+    o.check(
+        trace_lines(&o).is_empty(),
+        "vcpu1 does not exist: nothing is printed",
+    );
+    let o = boot("hello", &["--trace=io-in"]);
+    let lines = trace_lines(&o);
+    o.check(
+        !lines.is_empty() && lines.iter().all(|l| l.contains(" io-in ")),
+        "only port reads",
+    );
+}
+
+#[test]
+fn bad_filters_are_refused_with_one_line() {
+    for (filter, named) in [
+        ("--trace=serial", "'serial' is not a filter term"),
+        ("--trace=com1,", "an empty term"),
+        ("--trace=vcpuX", "'vcpuX' is not a filter term"),
+    ] {
+        let o = boot("hello", &[filter]);
+        o.check(o.code == Some(2), &format!("{filter}: exit 2"));
+        let errors = o.errors();
+        o.check(
+            errors.len() == 1 && errors[0].contains(named) && errors[0].contains("com1, i8042"),
+            &format!("{filter}: one line naming the term and the valid ones"),
+        );
+        o.check(trace_lines(&o).is_empty(), "no VM ran");
+    }
+}
