@@ -149,6 +149,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILTER", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     pub trace: Option<String>,
 
+    /// Teaching mode: write every exit, device event and boot phase to
+    /// FILE as a Chrome/Perfetto trace (JSON trace events: a track per
+    /// vCPU, one for the event loop, one for the boot recipe's phases);
+    /// open it in https://ui.perfetto.dev or chrome://tracing.
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
+
     /// Only warnings and errors on stderr.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,

@@ -17,6 +17,7 @@ use devices::virtio::{Interest, VirtioDevice};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::trace::{Thread, TracedExit, Tracer};
 use crate::vm::Vm;
 
 /// Errors attaching a virtio device.
@@ -92,6 +93,7 @@ pub fn attach(
     mmio: &mut Bus,
     index: usize,
     device: Box<dyn VirtioDevice>,
+    tracer: Option<Arc<Tracer>>,
 ) -> Result<Attached, VirtioError> {
     let slot = Slot::for_index(index)?;
     let name = device.name().to_string();
@@ -115,6 +117,8 @@ pub fn attach(
         queue_evts,
         backend,
         watching: Interest::NONE,
+        tracer,
+        base: slot.base,
     }));
     Ok(Attached {
         slot,
@@ -133,6 +137,10 @@ pub struct VirtioEvents {
     backend: Option<RawFd>,
     /// What the backend fd is registered for now (NONE: not registered).
     watching: Interest,
+    /// `--trace`: notifications and backend events are recorded here.
+    tracer: Option<Arc<Tracer>>,
+    /// Base of the device's window (names it in the trace).
+    base: u64,
 }
 
 impl VirtioEvents {
@@ -178,6 +186,7 @@ impl VirtioEvents {
 impl MutEventSubscriber for VirtioEvents {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let data = events.data();
+        let since = self.tracer.is_some().then(std::time::Instant::now);
         if data == BACKEND {
             self.transport.lock().expect("virtio lock").backend_ready();
         } else if let Some(evt) = self.queue_evts.get(data as usize) {
@@ -193,6 +202,14 @@ impl MutEventSubscriber for VirtioEvents {
                 // signals, other devices) were served.
                 let _ = evt.write(1);
             }
+        }
+        if let (Some(t), Some(since)) = (&self.tracer, since) {
+            let event = if data == BACKEND {
+                TracedExit::backend(self.base)
+            } else {
+                TracedExit::notify(self.base, data as usize)
+            };
+            t.record(Thread::EventLoop, &event, since.elapsed(), || None);
         }
         self.update_backend(ops);
     }

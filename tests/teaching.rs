@@ -1,8 +1,13 @@
 //! Teaching mode through the real binary: `kiln run --trace[=FILTER]` on
 //! the bare-metal test payload (its ELF symbols name the functions) prints
 //! the exits a learner expects, decoded and in order, and the table of
-//! exits per reason and device; FILTER selects; bad filters are refused.
+//! exits per reason and device; FILTER selects; bad filters are refused;
+//! the ring-3 test agent's virtio-blk set-up and its queue notifications
+//! (through ioeventfds, on the event loop); `--trace-out` writes a
+//! Perfetto trace file with the boot phases, one track per vCPU.
 
+#[path = "agent/mod.rs"]
+mod agent;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "payload/mod.rs"]
@@ -30,8 +35,8 @@ fn boot(mode: &str, extra: &[&str]) -> Outcome {
     run(&args, TIMEOUT)
 }
 
-/// The trace lines (they start with the time in seconds).
-fn trace_lines(o: &Outcome) -> Vec<&str> {
+/// Every trace line (they start with the time in seconds).
+fn all_trace_lines(o: &Outcome) -> Vec<&str> {
     o.stderr
         .lines()
         .filter(|l| {
@@ -39,6 +44,14 @@ fn trace_lines(o: &Outcome) -> Vec<&str> {
                 .next()
                 .is_some_and(|t| t.parse::<f64>().is_ok())
         })
+        .collect()
+}
+
+/// The trace lines of exits and device events (not the boot phases).
+fn trace_lines(o: &Outcome) -> Vec<&str> {
+    all_trace_lines(o)
+        .into_iter()
+        .filter(|l| !l.contains(" kiln  phase "))
         .collect()
 }
 
@@ -86,6 +99,30 @@ fn the_payload_boot_is_traced_exit_by_exit_in_order() {
         at += found.unwrap() + 1;
     }
     o.check(at == lines.len(), "the reset is the last exit");
+    // The boot recipe's phases frame the exits: 1-7 before the guest runs,
+    // 8 (run) and 9 (tear down) after.
+    let all = all_trace_lines(&o);
+    let phases: Vec<(usize, &str)> = all
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| Some((i, l.split(" kiln  phase ").nth(1)?)))
+        .collect();
+    let numbers: Vec<&str> = phases
+        .iter()
+        .map(|(_, p)| p.split_whitespace().next().unwrap())
+        .collect();
+    o.check(
+        numbers == ["1", "2", "3", "4", "5", "6", "7", "7", "8", "9"],
+        &format!("phase lines: {numbers:?}"),
+    );
+    o.check(
+        phases[7].0 < all.len() - 3 && phases[8].0 == all.len() - 2,
+        "phases 1-7 before the exits, 8 and 9 after",
+    );
+    o.check(
+        phases[4].1.contains("load the kernel") && phases[4].1.ends_with(" ms"),
+        "each phase says what it does and how long it took",
+    );
     // Each line ends with the time kiln took.
     o.check(
         lines.iter().all(|l| l.ends_with(" us")),
@@ -106,7 +143,7 @@ fn the_payload_boot_is_traced_exit_by_exit_in_order() {
     o.check(count(&o, "boot-timer") == 1, "boot-timer row");
     o.check(
         o.stderr.contains(&format!(
-            "kiln trace: {} exits",
+            "kiln trace: {} exits and 0 device events",
             thr + lsr + 2 + count(&o, "kick")
         )),
         "the total",
@@ -175,4 +212,125 @@ fn bad_filters_are_refused_with_one_line() {
         );
         o.check(trace_lines(&o).is_empty(), "no VM ran");
     }
+}
+
+#[test]
+fn virtio_set_up_and_queue_notifications_of_the_test_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let elf = agent::build();
+    let o = run(
+        &[
+            "run",
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--cmdline",
+            "agent.test=blk-flush",
+            "--console",
+            "none",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--trace=blk,notify",
+        ],
+        TIMEOUT,
+    );
+    o.check(o.code == Some(0), "the agent's check passed");
+    let lines = trace_lines(&o);
+    let find = |what: &str| lines.iter().position(|l| l.contains(what));
+    let magic = find("virtio-mmio@0xd0000000 (vda) MagicValue -> 0x74726976");
+    let driver_ok = find("(vda) Status <- 0xf (ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK)");
+    let notify = find("loop  notify");
+    o.check(
+        magic.is_some() && driver_ok.is_some() && notify.is_some(),
+        "probe, DRIVER_OK and a notification are traced",
+    );
+    o.check(
+        magic < driver_ok && driver_ok < notify,
+        "in the order the driver does them",
+    );
+    o.check(
+        lines[notify.unwrap()].contains("QueueNotify <- 0x0 (blk requestq) [ioeventfd: no exit]"),
+        "the notification names the queue and says it made no exit",
+    );
+    o.check(
+        lines[driver_ok.unwrap()].contains("at kiln_test_agent::virtio::open_disk+"),
+        "the function, demangled",
+    );
+    o.check(count(&o, "notify") >= 1, "notifications in the table");
+}
+
+#[test]
+fn trace_out_writes_a_perfetto_trace_with_phases_and_vcpu_tracks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("boot.json");
+    let o = boot(
+        "hello",
+        &["--trace=i8042", "--trace-out", file.to_str().unwrap()],
+    );
+    o.check(o.code == Some(0), "the payload resets");
+    o.check(
+        o.stderr
+            .contains(&format!("trace written to {}", file.display())),
+        "kiln says where the trace is",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).expect("the file is JSON");
+    let events = v["traceEvents"].as_array().expect("traceEvents");
+    o.check(
+        events.iter().all(|e| {
+            e["ph"].is_string()
+                && e["pid"].is_u64()
+                && (e["ph"] == "M" || (e["ts"].is_number() && e["dur"].is_number()))
+        }),
+        "every event has the trace-event fields",
+    );
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["cat"] == "phase")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let numbers: Vec<char> = phases.iter().map(|p| p.chars().next().unwrap()).collect();
+    o.check(
+        numbers == ['1', '2', '3', '4', '5', '6', '7', '7', '8', '9'],
+        &format!("the boot recipe's phases in order: {phases:?}"),
+    );
+    let exits: Vec<&serde_json::Value> = events.iter().filter(|e| e["cat"] == "exit").collect();
+    o.check(
+        exits.len() as u64 == count(&o, "io-out") + count(&o, "io-in") + count(&o, "mmio-write"),
+        "every exit is in the file, whatever the filter printed",
+    );
+    o.check(exits.iter().all(|e| e["tid"] == 10), "on vCPU 0's track");
+    let reset = exits.last().unwrap();
+    o.check(
+        reset["name"] == "io-out i8042"
+            && reset["args"]["what"] == "i8042 cmd <- 0xfe (reset)"
+            && reset["args"]["function"] == "reset+0x4",
+        &format!("the last exit is the reset, decoded: {reset}"),
+    );
+    let tracks: Vec<&str> = events
+        .iter()
+        .filter(|e| e["name"] == "thread_name")
+        .map(|e| e["args"]["name"].as_str().unwrap())
+        .collect();
+    o.check(
+        tracks
+            == [
+                "kiln: boot recipe phases",
+                "kiln: event loop (devices)",
+                "vCPU 0: exits",
+            ],
+        &format!("named tracks: {tracks:?}"),
+    );
+
+    let o = boot("hello", &["--trace-out", "/no/such/dir/t.json"]);
+    o.check(o.code == Some(2), "an impossible trace file: exit 2");
+    let errors = o.errors();
+    o.check(
+        errors.len() == 1 && errors[0].contains("cannot create the trace file /no/such/dir/t.json"),
+        "one line naming it",
+    );
 }

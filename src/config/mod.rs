@@ -274,8 +274,8 @@ pub struct VmConfig {
     /// On kvm_pvm hosts: the least time from a guest timer write to its
     /// interrupt (`KILN_TIMER_GAP_MS`, see `pvm::timer`).
     pub timer_gap: std::time::Duration,
-    /// `--trace`: which exits to print (None: no trace).
-    pub trace: Option<crate::trace::filter::Filter>,
+    /// `--trace` and `--trace-out` (None: neither).
+    pub trace: Option<crate::trace::TraceConfig>,
 }
 
 /// Smallest guest kiln will build.
@@ -366,11 +366,22 @@ pub fn check_cpus(cpus: i64) -> Result<u8, ConfigError> {
     }
 }
 
-/// `--trace` / `--trace=FILTER` (the empty string is plain `--trace`).
-fn parse_trace(arg: Option<&str>) -> Result<Option<crate::trace::filter::Filter>, ConfigError> {
-    arg.map(|f| crate::trace::filter::Filter::parse((!f.is_empty()).then_some(f)))
+/// `--trace` / `--trace=FILTER` (the empty string is plain `--trace`)
+/// and `--trace-out FILE`.
+fn parse_trace(args: &RunArgs) -> Result<Option<crate::trace::TraceConfig>, ConfigError> {
+    let print = args
+        .trace
+        .as_deref()
+        .map(|f| crate::trace::filter::Filter::parse((!f.is_empty()).then_some(f)))
         .transpose()
-        .map_err(ConfigError::Trace)
+        .map_err(ConfigError::Trace)?;
+    if print.is_none() && args.trace_out.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(crate::trace::TraceConfig {
+        print,
+        file: args.trace_out.clone(),
+    }))
 }
 
 impl VmConfig {
@@ -407,7 +418,7 @@ impl VmConfig {
             .map(|s| parse_net(s))
             .collect::<Result<Vec<_>, _>>()?;
         let vsock = args.vsock.as_deref().map(parse_vsock).transpose()?;
-        let trace = parse_trace(args.trace.as_deref())?;
+        let trace = parse_trace(args)?;
         let mut config = Self::from_spec(MachineSpec {
             kernel,
             initrd: args.initrd.clone(),
@@ -538,7 +549,7 @@ impl VmConfig {
         let console = parse_console(args.console.as_deref().unwrap_or("stdio"))?;
         let mut c = Self::for_machine(machine, console, args.verbose)?;
         c.kvm_device = args.kvm_device.clone();
-        c.trace = parse_trace(args.trace.as_deref())?;
+        c.trace = parse_trace(args)?;
         Ok(c)
     }
 

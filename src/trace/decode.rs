@@ -67,6 +67,14 @@ pub enum Device {
 }
 
 impl Device {
+    /// The device for people: `COM1`, `virtio-mmio@0xd0000000 (vda)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Virtio { base, label, .. } => format!("virtio-mmio@{base:#x} ({label})"),
+            other => other.name().to_string(),
+        }
+    }
+
     /// The name FILTER terms and the summary table use.
     pub fn name(&self) -> &'static str {
         match self {

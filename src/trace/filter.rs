@@ -6,7 +6,8 @@
 //!   `unclaimed` for addresses nothing answers);
 //! - exit reasons (`io`, `io-in`, `io-out`, `mmio`, `mmio-read`,
 //!   `mmio-write`, `hlt`, `msr`, `debug`, `emulation`, `event`,
-//!   `shutdown`, `kick`);
+//!   `shutdown`, `kick`; `notify` and `backend` are the event loop's:
+//!   queue notifications through ioeventfds, host-side I/O);
 //! - vCPUs (`vcpu0`, `vcpu1`, ...);
 //! - `all`.
 //!
@@ -27,7 +28,7 @@ pub struct Filter {
 }
 
 /// Reason terms and the reasons they stand for.
-const REASON_TERMS: [(&str, &[Reason]); 13] = [
+const REASON_TERMS: [(&str, &[Reason]); 15] = [
     ("io", &[Reason::IoIn, Reason::IoOut]),
     ("io-in", &[Reason::IoIn]),
     ("io-out", &[Reason::IoOut]),
@@ -41,6 +42,8 @@ const REASON_TERMS: [(&str, &[Reason]); 13] = [
     ("event", &[Reason::SystemEvent]),
     ("shutdown", &[Reason::Shutdown]),
     ("kick", &[Reason::Kick]),
+    ("notify", &[Reason::Notify]),
+    ("backend", &[Reason::Backend]),
 ];
 
 impl Filter {
@@ -77,10 +80,11 @@ impl Filter {
         Ok(f)
     }
 
-    /// Whether to print an exit of `reason` on `vcpu` at `device`
-    /// (`Some(None)`: an access nothing answered; `None`: not an access).
-    pub fn selects(&self, vcpu: u8, reason: Reason, device: Option<Option<&str>>) -> bool {
-        if !self.vcpus.is_empty() && !self.vcpus.contains(&vcpu) {
+    /// Whether to print an exit of `reason` on `vcpu` (None: the event
+    /// loop) at `device` (`Some(None)`: an access nothing answered; `None`:
+    /// not an access).
+    pub fn selects(&self, vcpu: Option<u8>, reason: Reason, device: Option<Option<&str>>) -> bool {
+        if !self.vcpus.is_empty() && !vcpu.is_some_and(|n| self.vcpus.contains(&n)) {
             return false;
         }
         if reason == Reason::Kick {
@@ -107,27 +111,27 @@ mod tests {
     #[test]
     fn plain_trace_selects_everything_but_kicks() {
         let f = Filter::parse(None).unwrap();
-        assert!(f.selects(0, Reason::IoOut, Some(Some("com1"))));
-        assert!(f.selects(3, Reason::Hlt, None));
-        assert!(!f.selects(0, Reason::Kick, None));
+        assert!(f.selects(Some(0), Reason::IoOut, Some(Some("com1"))));
+        assert!(f.selects(Some(3), Reason::Hlt, None));
+        assert!(!f.selects(Some(0), Reason::Kick, None));
         assert_eq!(Filter::parse(Some("all")).unwrap(), f);
     }
 
     #[test]
     fn devices_and_reasons_add_up_vcpus_narrow() {
         let f = Filter::parse(Some("com1, msr,vcpu1")).unwrap();
-        assert!(f.selects(1, Reason::IoOut, Some(Some("com1"))));
-        assert!(f.selects(1, Reason::Msr, None));
-        assert!(!f.selects(0, Reason::IoOut, Some(Some("com1"))));
-        assert!(!f.selects(1, Reason::IoOut, Some(Some("i8042"))));
+        assert!(f.selects(Some(1), Reason::IoOut, Some(Some("com1"))));
+        assert!(f.selects(Some(1), Reason::Msr, None));
+        assert!(!f.selects(Some(0), Reason::IoOut, Some(Some("com1"))));
+        assert!(!f.selects(Some(1), Reason::IoOut, Some(Some("i8042"))));
         let f = Filter::parse(Some("virtio,unclaimed,kick")).unwrap();
-        assert!(f.selects(0, Reason::MmioWrite, Some(Some("vsock"))));
-        assert!(f.selects(0, Reason::IoIn, Some(None)));
-        assert!(f.selects(0, Reason::Kick, None));
-        assert!(!f.selects(0, Reason::IoIn, Some(Some("cmos"))));
+        assert!(f.selects(Some(0), Reason::MmioWrite, Some(Some("vsock"))));
+        assert!(f.selects(Some(0), Reason::IoIn, Some(None)));
+        assert!(f.selects(Some(0), Reason::Kick, None));
+        assert!(!f.selects(Some(0), Reason::IoIn, Some(Some("cmos"))));
         let f = Filter::parse(Some("MMIO")).unwrap();
-        assert!(f.selects(0, Reason::MmioRead, Some(Some("boot-timer"))));
-        assert!(!f.selects(0, Reason::IoIn, Some(Some("com1"))));
+        assert!(f.selects(Some(0), Reason::MmioRead, Some(Some("boot-timer"))));
+        assert!(!f.selects(Some(0), Reason::IoIn, Some(Some("com1"))));
     }
 
     #[test]

@@ -12,18 +12,40 @@
 
 pub mod decode;
 pub mod filter;
+pub mod perfetto;
 pub mod symbols;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuExit;
+use serde_json::json;
 
 use decode::{Decoder, Space};
 use filter::Filter;
+use perfetto::TraceFile;
 use symbols::Symbols;
+
+/// What `--trace` and `--trace-out` asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// `--trace[=FILTER]`: print these exits on stderr.
+    pub print: Option<Filter>,
+    /// `--trace-out FILE`: write every event to this Perfetto file.
+    pub file: Option<PathBuf>,
+}
+
+/// Which thread an event happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thread {
+    /// A vCPU thread.
+    Vcpu(u8),
+    /// kiln's event loop (the device side).
+    EventLoop,
+}
 
 /// Why the guest stopped running, as the trace names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +72,11 @@ pub enum Reason {
     Shutdown,
     /// KVM_RUN interrupted by kiln's own tick or a pause (EINTR).
     Kick,
+    /// A queue notification the event loop got through an ioeventfd
+    /// (the guest's QueueNotify write, handled by KVM without an exit).
+    Notify,
+    /// A device's host side is ready (tap, socket, file).
+    Backend,
     /// Any other exit.
     Other,
 }
@@ -69,6 +96,8 @@ impl Reason {
             Reason::SystemEvent => "event",
             Reason::Shutdown => "shutdown",
             Reason::Kick => "kick",
+            Reason::Notify => "notify",
+            Reason::Backend => "backend",
             Reason::Other => "other",
         }
     }
@@ -154,6 +183,55 @@ impl TracedExit {
             detail: Some("KVM_RUN interrupted (kiln's tick)".into()),
         }
     }
+
+    /// The event loop serves queue `queue` of the virtio-mmio device at
+    /// `base`: the guest wrote it to QueueNotify, KVM signalled the
+    /// ioeventfd.
+    pub fn notify(base: u64, queue: usize) -> TracedExit {
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&(queue as u32).to_le_bytes());
+        TracedExit {
+            reason: Reason::Notify,
+            access: Some((
+                Space::Mmio,
+                base + devices::virtio::mmio::NOTIFY_OFFSET,
+                bytes,
+                4,
+            )),
+            detail: None,
+        }
+    }
+
+    /// The host side of the virtio device at `base` is ready.
+    pub fn backend(base: u64) -> TracedExit {
+        TracedExit {
+            reason: Reason::Backend,
+            access: Some((Space::Mmio, base, [0; 8], 0)),
+            detail: None,
+        }
+    }
+}
+
+/// Marks the end of each phase of the boot recipe in the trace; does
+/// nothing without one.
+pub struct Phases<'a> {
+    tracer: Option<&'a Tracer>,
+    from: Instant,
+}
+
+impl<'a> Phases<'a> {
+    /// Phases from `from` on (the first one started then).
+    pub fn new(tracer: Option<&'a Tracer>, from: Instant) -> Phases<'a> {
+        Phases { tracer, from }
+    }
+
+    /// Phase `number`, `name`, ended now; the next one starts.
+    pub fn done(&mut self, number: u8, name: &str) {
+        if let Some(t) = self.tracer {
+            t.phase(number, name, self.from);
+            self.from = Instant::now();
+        }
+    }
 }
 
 /// Count and time of one row of the summary.
@@ -176,9 +254,10 @@ struct Summary {
     by_device: BTreeMap<&'static str, Tally>,
 }
 
-/// The trace of one VM, shared by its vCPU threads.
+/// The trace of one VM, shared by its vCPU threads and the event loop.
 pub struct Tracer {
-    filter: Filter,
+    print: Option<Filter>,
+    file: Mutex<Option<TraceFile>>,
     decoder: Decoder,
     symbols: Option<Symbols>,
     start: Instant,
@@ -187,25 +266,93 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// A tracer writing to stderr; times count from `start`.
+    /// A tracer printing to stderr and writing `config.file`; times count
+    /// from `start`.
     pub fn new(
-        filter: Filter,
+        config: &TraceConfig,
         decoder: Decoder,
         symbols: Option<Symbols>,
         start: Instant,
-    ) -> Tracer {
-        Tracer::with_output(filter, decoder, symbols, start, Box::new(std::io::stderr()))
+    ) -> std::io::Result<Tracer> {
+        let t = Tracer::with_output(
+            config.print.clone(),
+            decoder,
+            symbols,
+            start,
+            Box::new(std::io::stderr()),
+        );
+        if let Some(path) = &config.file {
+            *t.file.lock().expect("trace file lock") = Some(TraceFile::create(path)?);
+        }
+        Ok(t)
+    }
+
+    /// The tracer `config.trace` asks for (None without `--trace` and
+    /// `--trace-out`): the decoder for this machine's address map, and the
+    /// kernel's function names when its file has them.
+    pub fn for_config(
+        config: &crate::config::VmConfig,
+        start: Instant,
+    ) -> Result<Option<std::sync::Arc<Tracer>>, crate::vmm::VmmError> {
+        let Some(trace) = &config.trace else {
+            return Ok(None);
+        };
+        use decode::VirtioKind;
+        let disks = config.disks.iter().enumerate().map(|(i, d)| {
+            let name = format!("vd{}", char::from(b'a' + (i % 26) as u8));
+            let label = match &d.id {
+                Some(id) => format!("{name}, {id}"),
+                None => name,
+            };
+            (VirtioKind::Block, label)
+        });
+        let nets = config
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (VirtioKind::Net, format!("eth{i} on {}", n.tap)));
+        let vsock = config
+            .vsock
+            .iter()
+            .map(|v| (VirtioKind::Vsock, format!("cid {}", v.cid)));
+        let virtio: Vec<_> = disks.chain(nets).chain(vsock).collect();
+        let symbols = if config.kernel.as_os_str().is_empty() {
+            None
+        } else {
+            match Symbols::from_elf(&config.kernel) {
+                Ok(s) => {
+                    log::info!(
+                        "trace: {} function names from {}",
+                        s.len(),
+                        config.kernel.display()
+                    );
+                    Some(s)
+                }
+                Err(why) => {
+                    log::info!("trace: no function names: {why}");
+                    None
+                }
+            }
+        };
+        let decoder = Decoder::new(&virtio, !config.no_acpi);
+        Tracer::new(trace, decoder, symbols, start)
+            .map(|t| Some(std::sync::Arc::new(t)))
+            .map_err(|e| {
+                let path = trace.file.clone().unwrap_or_default();
+                crate::vmm::VmmError::TraceFile(path, e)
+            })
     }
 
     fn with_output(
-        filter: Filter,
+        print: Option<Filter>,
         decoder: Decoder,
         symbols: Option<Symbols>,
         start: Instant,
         out: Box<dyn Write + Send>,
     ) -> Tracer {
         Tracer {
-            filter,
+            print,
+            file: Mutex::new(None),
             decoder,
             symbols,
             start,
@@ -214,18 +361,68 @@ impl Tracer {
         }
     }
 
-    /// Records an exit vCPU `vcpu` took `took` to handle; `rip` is asked
-    /// for only when the line is printed.
+    fn micros_since_start(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.start).as_secs_f64() * 1e6
+    }
+
+    fn write_line(&self, line: &str) {
+        // A trace line that cannot be written is dropped; the VM goes on.
+        let _ = self
+            .out
+            .lock()
+            .expect("trace output lock")
+            .write_all(line.as_bytes());
+    }
+
+    /// Records phase `number` of the boot recipe, from `from` until now.
+    pub fn phase(&self, number: u8, name: &str, from: Instant) {
+        let took = from.elapsed();
+        if self.print.is_some() {
+            self.write_line(&format!(
+                "{:>11.6} kiln  phase {number}    {name:<68} {:.3} ms\n",
+                self.start.elapsed().as_secs_f64(),
+                took.as_secs_f64() * 1e3
+            ));
+        }
+        if let Some(f) = self.file.lock().expect("trace file lock").as_mut() {
+            f.span(
+                perfetto::TID_PHASES,
+                &format!("{number}. {name}"),
+                "phase",
+                self.micros_since_start(from),
+                took.as_secs_f64() * 1e6,
+                json!({ "phase": number }),
+            );
+        }
+    }
+
+    /// Records an event `thread` took `took` to handle (it ended now);
+    /// `rip` is asked for only when the event is printed or written.
     pub fn record(
         &self,
-        vcpu: u8,
+        thread: Thread,
         exit: &TracedExit,
         took: Duration,
         rip: impl FnOnce() -> Option<u64>,
     ) {
+        let now = Instant::now();
         let decoded = exit.access.map(|(space, addr, bytes, n)| {
-            let write = matches!(exit.reason, Reason::IoOut | Reason::MmioWrite);
-            (addr, self.decoder.decode(space, addr, write, &bytes[..n]))
+            let write = matches!(
+                exit.reason,
+                Reason::IoOut | Reason::MmioWrite | Reason::Notify
+            );
+            let mut d = self.decoder.decode(space, addr, write, &bytes[..n]);
+            match exit.reason {
+                Reason::Notify => d.text.push_str(" [ioeventfd: no exit]"),
+                Reason::Backend => {
+                    d.text = match &d.device {
+                        Some(dev) => format!("{} host side ready", dev.describe()),
+                        None => "host side ready".into(),
+                    }
+                }
+                _ => {}
+            }
+            (addr, d)
         });
         let device = decoded
             .as_ref()
@@ -240,43 +437,100 @@ impl Tracer {
         let filter_device = decoded
             .as_ref()
             .map(|(_, d)| d.device.as_ref().map(|d| d.name()));
-        if !self.filter.selects(vcpu, exit.reason, filter_device) {
+        let vcpu = match thread {
+            Thread::Vcpu(n) => Some(n),
+            Thread::EventLoop => None,
+        };
+        let printed = self
+            .print
+            .as_ref()
+            .is_some_and(|f| f.selects(vcpu, exit.reason, filter_device));
+        let mut file = self.file.lock().expect("trace file lock");
+        if !printed && file.is_none() {
             return;
         }
         let (addr, text) = match &decoded {
             Some((addr, d)) => (format!("{addr:#x}"), d.text.clone()),
             None => (String::new(), exit.detail.clone().unwrap_or_default()),
         };
-        let at = match rip() {
-            Some(rip) => match self.symbols.as_ref().and_then(|s| s.name(rip)) {
-                Some(name) => format!("at {name} ({rip:#x})"),
-                None => format!("at {rip:#x}"),
-            },
-            None => String::new(),
+        let rip = vcpu.and_then(|_| rip());
+        let function = rip.and_then(|r| self.symbols.as_ref()?.name(r));
+        if let Some(f) = file.as_mut() {
+            let tid = vcpu.map_or(perfetto::TID_EVENT_LOOP, |n| {
+                perfetto::TID_VCPU0 + u64::from(n)
+            });
+            let name = match device {
+                Some(d) => format!("{} {d}", exit.reason.name()),
+                None => exit.reason.name().to_string(),
+            };
+            let mut args = json!({ "what": text });
+            if !addr.is_empty() {
+                args["address"] = json!(addr);
+            }
+            if let Some(r) = rip {
+                args["rip"] = json!(format!("{r:#x}"));
+            }
+            if let Some(func) = &function {
+                args["function"] = json!(func);
+            }
+            f.span(
+                tid,
+                &name,
+                if vcpu.is_some() { "exit" } else { "device" },
+                self.micros_since_start(now) - took.as_secs_f64() * 1e6,
+                took.as_secs_f64() * 1e6,
+                args,
+            );
+        }
+        drop(file);
+        if !printed {
+            return;
+        }
+        let at = match (rip, function) {
+            (Some(rip), Some(name)) => format!("at {name} ({rip:#x})"),
+            (Some(rip), None) => format!("at {rip:#x}"),
+            (None, _) => String::new(),
         };
-        let line = format!(
-            "{:>11.6} vcpu{vcpu} {:<10} {addr:<11} {text:<56} {at}  {:.1} us\n",
+        let who = vcpu.map_or("loop ".to_string(), |n| format!("vcpu{n}"));
+        self.write_line(&format!(
+            "{:>11.6} {who} {:<10} {addr:<11} {text:<56} {at}  {:.1} us\n",
             self.start.elapsed().as_secs_f64(),
             exit.reason.name(),
             took.as_secs_f64() * 1e6,
-        );
-        // A trace line that cannot be written is dropped; the VM goes on.
-        let _ = self
-            .out
-            .lock()
-            .expect("trace output lock")
-            .write_all(line.as_bytes());
+        ));
+    }
+
+    /// Closes the trace file: the message saying where it is, or why it
+    /// is incomplete.
+    pub fn finish(&self, vcpus: u8) -> Option<String> {
+        let f = self.file.lock().expect("trace file lock").take()?;
+        Some(match f.finish(vcpus) {
+            Ok((path, n)) => format!(
+                "trace written to {}: {n} events (open it in https://ui.perfetto.dev or chrome://tracing)",
+                path.display()
+            ),
+            Err(e) => format!("the trace file is incomplete: {e}"),
+        })
+    }
+
+    /// Whether the table is wanted (`--trace`, not only `--trace-out`).
+    pub fn prints(&self) -> bool {
+        self.print.is_some()
     }
 
     /// The table printed when the VM stops.
     pub fn summary(&self) -> String {
         let s = self.summary.lock().expect("trace summary lock");
-        let (count, total) = s
-            .by_reason
-            .values()
-            .fold((0, Duration::ZERO), |(c, t), x| (c + x.count, t + x.total));
+        let (mut exits, mut events, mut total) = (0, 0, Duration::ZERO);
+        for (reason, t) in &s.by_reason {
+            match reason {
+                Reason::Notify | Reason::Backend => events += t.count,
+                _ => exits += t.count,
+            }
+            total += t.total;
+        }
         let mut out = format!(
-            "kiln trace: {count} exits in {:.3} s; kiln spent {:.3} ms handling them\n",
+            "kiln trace: {exits} exits and {events} device events in {:.3} s; kiln spent {:.3} ms handling them\n",
             self.start.elapsed().as_secs_f64(),
             total.as_secs_f64() * 1e3
         );
@@ -329,7 +583,7 @@ mod tests {
     fn tracer(filter: &str) -> (Tracer, Shared) {
         let out = Shared::default();
         let t = Tracer::with_output(
-            Filter::parse(Some(filter)).unwrap(),
+            Some(Filter::parse(Some(filter)).unwrap()),
             Decoder::new(&[], false),
             None,
             Instant::now(),
@@ -344,15 +598,20 @@ mod tests {
         let mut data = *b"h";
         let thr = TracedExit::of(&VcpuExit::IoOut(0x3f8, &data));
         let mut rips = 0;
-        t.record(0, &thr, Duration::from_micros(3), || {
+        t.record(Thread::Vcpu(0), &thr, Duration::from_micros(3), || {
             rips += 1;
             Some(0x1234)
         });
         let cmos = TracedExit::of(&VcpuExit::IoIn(0x71, &mut data));
-        t.record(1, &cmos, Duration::from_micros(5), || {
+        t.record(Thread::Vcpu(1), &cmos, Duration::from_micros(5), || {
             panic!("not printed: no RIP read")
         });
-        t.record(0, &TracedExit::kick(), Duration::from_micros(1), || None);
+        t.record(
+            Thread::Vcpu(0),
+            &TracedExit::kick(),
+            Duration::from_micros(1),
+            || None,
+        );
         assert_eq!(rips, 1);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -363,7 +622,10 @@ mod tests {
         assert!(lines[0].contains("at 0x1234"), "{text}");
         assert!(lines[0].ends_with("3.0 us"), "{text}");
         let s = t.summary();
-        assert!(s.starts_with("kiln trace: 3 exits"), "{s}");
+        assert!(
+            s.starts_with("kiln trace: 3 exits and 0 device events"),
+            "{s}"
+        );
         let row = |name: &str| {
             s.lines()
                 .find(|l| l.split_whitespace().next() == Some(name))

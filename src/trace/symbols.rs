@@ -44,7 +44,15 @@ impl Symbols {
                     )
                     && in_code(s)
             })
-            .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
+            .filter_map(|s| {
+                let name = s.name().ok()?;
+                // Rust symbols (the test agent) read as paths; C names stay.
+                Some((
+                    s.address(),
+                    s.size(),
+                    format!("{:#}", rustc_demangle::demangle(name)),
+                ))
+            })
             .filter(|(_, _, name)| !name.is_empty() && !name.starts_with(".L"))
             .collect();
         if funcs.is_empty() {

@@ -17,7 +17,7 @@ pub mod state;
 use crate::control::{StopReason, VmControl};
 use crate::pvm::{self, HostRepairs};
 use crate::stats::ExitStats;
-use crate::trace::{TracedExit, Tracer};
+use crate::trace::{Thread, TracedExit, Tracer};
 
 /// Errors setting a vCPU up.
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +285,7 @@ impl Vcpu {
             };
             if let (Some(tracer), Some(exit), Some(since)) = (&self.tracer, traced, since) {
                 let fd = &self.fd;
-                tracer.record(self.id, &exit, since.elapsed(), || {
+                tracer.record(Thread::Vcpu(self.id), &exit, since.elapsed(), || {
                     fd.get_regs().ok().map(|r| r.rip)
                 });
             }

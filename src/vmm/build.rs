@@ -16,9 +16,7 @@ use devices::bus::Bus;
 use devices::cmos::Cmos;
 use devices::i8042::I8042;
 
-use crate::trace::decode::Decoder;
-use crate::trace::symbols::Symbols;
-use crate::trace::Tracer;
+use crate::trace::{Phases, Tracer};
 use devices::pvpanic::PvPanic;
 use devices::serial::Serial;
 use devices::virtio::block::{Block, DiskImage};
@@ -56,11 +54,30 @@ impl Machine {
         start: Instant,
         control: Arc<VmControl>,
     ) -> Result<Machine, VmmError> {
-        let (kvm, vm, repairs_on) = create(config, Memory::Fresh)?;
+        let tracer = Tracer::for_config(config, start)?;
+        let mut phases = Phases::new(tracer.as_deref(), start);
+        phases.done(1, "validate the configuration (config/)");
+        let (kvm, vm, repairs_on) = create(config, Memory::Fresh, &mut phases)?;
         let slots = slots(config)?;
         let entry = load(config, &vm, &slots, repairs_on)?;
-        let m = assemble(config, start, control, kvm, vm, repairs_on, None)?;
+        phases.done(
+            5,
+            "load the kernel, initrd, command line; boot_params, MP and ACPI tables (boot/)",
+        );
+        let m = assemble(
+            config,
+            start,
+            control,
+            (kvm, vm, repairs_on),
+            None,
+            tracer.clone(),
+            &mut phases,
+        )?;
         m.paused[0].set_boot_state(&m.vm.mem, entry)?;
+        phases.done(
+            7,
+            "boot vCPU: GDT, page tables, entry registers (boot/cpu.rs)",
+        );
         Ok(m)
     }
 
@@ -80,17 +97,21 @@ impl Machine {
                 config.cpus
             )));
         }
-        let (kvm, vm, repairs_on) = create(config, Memory::File(&files.memory))?;
+        let tracer = Tracer::for_config(config, start)?;
+        let mut phases = Phases::new(tracer.as_deref(), start);
+        phases.done(1, "read the snapshot's state file (snapshot.rs)");
+        let (kvm, vm, repairs_on) = create(config, Memory::File(&files.memory), &mut phases)?;
         // The interrupt controllers before any device can raise a line.
         vm.restore_state(&snap.vm)?;
+        phases.done(5, "restore PIC, IOAPIC, PIT, clock (vm.rs)");
         let mut m = assemble(
             config,
             start,
             control,
-            kvm,
-            vm,
-            repairs_on,
+            (kvm, vm, repairs_on),
             Some((&snap.devices, files)),
+            tracer.clone(),
+            &mut phases,
         )?;
         for (v, s) in m.paused.iter_mut().zip(&snap.vcpus) {
             v.restore_state(s)?;
@@ -108,25 +129,50 @@ impl Machine {
                 .map_err(|e| VmmError::BadSnapshot(e.to_string()))?;
         }
         m.i8042.lock().expect("i8042 lock").raise_pending();
+        phases.done(
+            7,
+            "write the saved vCPU and device state (vcpu/state.rs, devices)",
+        );
         Ok(m)
     }
 }
 
 /// Phases 2-4: KVM, the VM with its irqchip, PIT and vCPUs, guest RAM.
-fn create(config: &VmConfig, memory: Memory) -> Result<(Kvm, Vm, bool), VmmError> {
+fn create(
+    config: &VmConfig,
+    memory: Memory,
+    phases: &mut Phases,
+) -> Result<(Kvm, Vm, bool), VmmError> {
     // 2. Open /dev/kvm, check the API version and capabilities.
     let kvm = crate::vm::open_kvm(&config.kvm_device)?;
     let repairs_on = pvm::detect();
     if repairs_on {
         log::info!("nested kvm_pvm host detected: host repairs on (instruction emulation, VMCALL completion)");
     }
+    phases.done(
+        2,
+        "open /dev/kvm, check API version and capabilities (vm.rs)",
+    );
     // 3. Create the VM with its irqchip and PIT.
     let mut vm = Vm::new(&kvm, config.cpus)?;
+    phases.done(
+        3,
+        "KVM_CREATE_VM, irqchip (KVM_CREATE_IRQCHIP), PIT, vCPU fds (vm.rs)",
+    );
     // 4. Guest RAM around the MMIO gap.
     match memory {
         Memory::Fresh => vm.add_memory(config.mem_size)?,
         Memory::File(path) => vm.add_memory_from_file(config.mem_size, path)?,
     }
+    phases.done(
+        4,
+        match memory {
+            Memory::Fresh => "guest RAM: mmap, KVM_SET_USER_MEMORY_REGION (vm.rs)",
+            Memory::File(_) => {
+                "guest RAM: the memory file mapped MAP_PRIVATE, KVM_SET_USER_MEMORY_REGION (vm.rs)"
+            }
+        },
+    );
     Ok((kvm, vm, repairs_on))
 }
 
@@ -250,10 +296,10 @@ fn assemble(
     config: &VmConfig,
     start: Instant,
     control: Arc<VmControl>,
-    kvm: Kvm,
-    vm: Vm,
-    repairs_on: bool,
+    (kvm, vm, repairs_on): (Kvm, Vm, bool),
     restore: Option<(&DeviceStates, &Files)>,
+    tracer: Option<Arc<Tracer>>,
+    phases: &mut Phases,
 ) -> Result<Machine, VmmError> {
     let saved = restore.map(|(s, _)| s);
     let slots = slots(config)?;
@@ -380,11 +426,15 @@ fn assemble(
     }
     let mut virtio = Vec::new();
     for (index, device) in backends.into_iter().enumerate() {
-        let attached = crate::virtio::attach(&vm, &mut mmio, index, device)?;
+        let attached = crate::virtio::attach(&vm, &mut mmio, index, device, tracer.clone())?;
         debug_assert_eq!(attached.slot, slots[index]);
         virtio.push(attached);
     }
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    phases.done(
+        6,
+        "devices on the port-I/O and MMIO buses, irqfds, ioeventfds (devices/, virtio.rs)",
+    );
 
     // 7. vCPUs: CPUID, MSRs, LAPIC.
     crate::vcpu::kick::install_handler().map_err(VmmError::EventFd)?;
@@ -394,10 +444,6 @@ fn assemble(
     } else {
         0
     };
-    let tracer = config
-        .trace
-        .clone()
-        .map(|f| Arc::new(tracer(config, f, start)));
     let mut vm = vm;
     let mut vcpus = Vec::new();
     for (id, fd) in (0..config.cpus).zip(std::mem::take(&mut vm.vcpu_fds)) {
@@ -418,6 +464,10 @@ fn assemble(
             vcpus.last_mut().expect("just pushed").set_tracer(t.clone());
         }
     }
+    phases.done(
+        7,
+        "vCPUs: KVM_SET_CPUID2, MSRs, LAPIC LINT0/LINT1 (vcpu/mod.rs, boot/cpuid.rs)",
+    );
 
     // 8. The event loop and its subscribers (vCPU threads start later).
     let mut event_loop = EventLoop::new(control.clone())?;
@@ -445,6 +495,7 @@ fn assemble(
         cmos,
         i8042,
         tracer,
+        started: None,
         virtio,
         paused: vcpus,
         running: Vec::new(),
@@ -452,52 +503,4 @@ fn assemble(
         msr_list,
         _raw_terminal: raw_terminal,
     })
-}
-
-/// `--trace`: the decoder for this machine's address map, and the kernel's
-/// symbols when it has them.
-fn tracer(config: &VmConfig, filter: crate::trace::filter::Filter, start: Instant) -> Tracer {
-    use crate::trace::decode::VirtioKind;
-    let disks = config.disks.iter().enumerate().map(|(i, d)| {
-        let name = format!("vd{}", (b'a' + i as u8) as char);
-        let label = match &d.id {
-            Some(id) => format!("{name}, {id}"),
-            None => name,
-        };
-        (VirtioKind::Block, label)
-    });
-    let nets = config
-        .nets
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (VirtioKind::Net, format!("eth{i} on {}", n.tap)));
-    let vsock = config
-        .vsock
-        .iter()
-        .map(|v| (VirtioKind::Vsock, format!("cid {}", v.cid)));
-    let virtio: Vec<_> = disks.chain(nets).chain(vsock).collect();
-    let symbols = if config.kernel.as_os_str().is_empty() {
-        None
-    } else {
-        match Symbols::from_elf(&config.kernel) {
-            Ok(s) => {
-                log::info!(
-                    "trace: {} function names from {}",
-                    s.len(),
-                    config.kernel.display()
-                );
-                Some(s)
-            }
-            Err(why) => {
-                log::info!("trace: no function names: {why}");
-                None
-            }
-        }
-    };
-    Tracer::new(
-        filter,
-        Decoder::new(&virtio, !config.no_acpi),
-        symbols,
-        start,
-    )
 }

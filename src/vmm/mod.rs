@@ -101,6 +101,9 @@ pub enum VmmError {
     /// A KVM system ioctl failed.
     #[error("cannot {0}: {1}")]
     Kvm(&'static str, kvm_ioctls::Error),
+    /// `--trace-out FILE` cannot be created.
+    #[error("cannot create the trace file {0}: {1}; check the path")]
+    TraceFile(std::path::PathBuf, std::io::Error),
 }
 
 /// What a finished run reports.
@@ -167,6 +170,8 @@ pub struct Machine {
     i8042: Arc<Mutex<I8042>>,
     /// `--trace`.
     tracer: Option<Arc<crate::trace::Tracer>>,
+    /// When the vCPU threads were first started (the trace's phase 8).
+    started: Option<Instant>,
     virtio: Vec<virtio::Attached>,
     /// vCPUs not running (all of them before start and while paused).
     paused: Vec<Vcpu>,
@@ -187,6 +192,7 @@ impl Machine {
 
     /// Starts (or restarts) every vCPU thread.
     pub fn resume(&mut self) {
+        self.started.get_or_insert_with(Instant::now);
         self.control.set_pause(false);
         for v in std::mem::take(&mut self.paused) {
             match v.start() {
@@ -243,6 +249,14 @@ impl Machine {
 
     /// 9. Tear down: stop and join every vCPU, flush the console.
     fn tear_down(mut self) -> RunSummary {
+        let tear_down = Instant::now();
+        if let (Some(t), Some(started)) = (&self.tracer, self.started) {
+            t.phase(
+                8,
+                "run: vCPU threads in KVM_RUN, the event loop (vcpu/mod.rs, event_loop.rs)",
+                started,
+            );
+        }
         self.pause();
         let mut stats = ExitStats::default();
         let mut repairs = Vec::new();
@@ -272,7 +286,22 @@ impl Machine {
             stats,
             repairs,
             devices,
-            trace: self.tracer.as_ref().map(|t| t.summary()),
+            trace: self.tracer.as_ref().map(|t| {
+                t.phase(
+                    9,
+                    "tear down: stop and join the vCPUs, flush the console (vmm/mod.rs)",
+                    tear_down,
+                );
+                let mut out = if t.prints() {
+                    t.summary()
+                } else {
+                    String::new()
+                };
+                if let Some(written) = t.finish(self.config.cpus) {
+                    out.push_str(&format!("kiln: {written}\n"));
+                }
+                out
+            }),
         }
     }
 }
