@@ -15,6 +15,7 @@ packages=(
     qemu-system-x86                                       # the test agent under QEMU microvm
     acpica-tools                                          # ACPI tables (iasl)
     mmdebstrap eatmydata                                  # Debian root image (sandbox)
+    chromium-headless-shell                               # kiln report's page, checked in a real browser
 )
 
 missing=()

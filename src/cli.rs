@@ -41,6 +41,22 @@ pub enum Command {
     /// that `kiln run --restore DIR` starts from: pause the VM, write
     /// DIR/state and DIR/memory, resume it.
     Snapshot(SnapshotArgs),
+    /// Turn a trace file (`kiln run --trace-out FILE`) into one HTML page
+    /// showing where the time went: kiln's set-up phases, the guest's exits
+    /// per device over time, and tables of both.
+    Report(ReportArgs),
+}
+
+/// Options of `kiln report`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// The trace file `kiln run --trace-out` wrote.
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+
+    /// Where the page goes (default: TRACE with the extension .html).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// Options of `kiln snapshot`.

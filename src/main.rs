@@ -11,6 +11,7 @@ mod event_loop;
 mod firecracker;
 mod logger;
 mod pvm;
+mod report;
 mod sandbox;
 mod snapshot;
 mod stats;
@@ -43,6 +44,7 @@ fn main() {
         Some(Command::Run(args)) if !args.command.is_empty() => sandbox::run(&args, start),
         Some(Command::Run(args)) => run(&args, start),
         Some(Command::Snapshot(args)) => snapshot(&args),
+        Some(Command::Report(args)) => report_trace(&args),
         None => firecracker::serve(cli.api_sock.as_deref(), cli.config_file.as_deref(), start),
     };
     std::process::exit(code);
@@ -93,6 +95,25 @@ fn snapshot(args: &cli::SnapshotArgs) -> i32 {
         Err(e) => {
             log::error!("{e}");
             EXIT_FAILURE
+        }
+    }
+}
+
+/// `kiln report TRACE`: the trace file as an HTML page.
+fn report_trace(args: &cli::ReportArgs) -> i32 {
+    logger::init(1);
+    match report::run(&args.trace, args.output.as_deref()) {
+        Ok(out) => {
+            log::info!("report written to {} (open it in a browser)", out.display());
+            0
+        }
+        Err(e @ report::ReportError::Write(..)) => {
+            log::error!("{e}");
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            log::error!("{e}");
+            EXIT_USAGE
         }
     }
 }

@@ -334,3 +334,103 @@ fn trace_out_writes_a_perfetto_trace_with_phases_and_vcpu_tracks() {
         "one line naming it",
     );
 }
+
+/// `kiln report` on a payload boot's trace, opened in headless Chromium
+/// (Debian's chromium-headless-shell): the screenshot shows every phase in
+/// the colour the page's phase table gives it, and the rendered page names
+/// them.
+#[test]
+fn the_report_renders_the_phases_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("boot.json");
+    let o = boot("hello", &["--trace-out", trace.to_str().unwrap()]);
+    o.check(o.code == Some(0), "the payload resets");
+    let html = dir.path().join("boot.html");
+    let r = run(&["report", trace.to_str().unwrap()], TIMEOUT);
+    r.check(r.code == Some(0), "kiln report succeeds");
+    r.check(
+        r.stderr
+            .contains(&format!("report written to {}", html.display())),
+        "next to the trace, as .html",
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    // The phase table: each row's swatch colour and name.
+    let phases: Vec<(String, String)> = page
+        .split("<tr><td class=\"l\"><span class=\"swatch\" style=\"background:")
+        .skip(1)
+        .filter_map(|row| {
+            let (colour, rest) = row.split_once('"')?;
+            let name = rest.split_once("</span>")?.1.split_once("</td>")?.0;
+            Some((colour.to_string(), name.to_string()))
+        })
+        .collect();
+    r.check(phases.len() == 10, &format!("ten phase rows: {phases:?}"));
+
+    let browser = "chromium-headless-shell";
+    let shot = dir.path().join("shot.png");
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["120", browser, "--no-sandbox", "--disable-gpu"])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1100,1300")
+        .arg(format!("file://{}", html.display()))
+        .env("HOME", dir.path());
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {browser} (./resources/setup-host.sh installs it): {e}")
+    });
+    assert!(
+        out.status.success() && shot.exists(),
+        "{browser} took no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let pixels = &buf[..info.buffer_size()];
+    for (colour, name) in &phases {
+        let want: Vec<u8> = (0..3)
+            .map(|i| u8::from_str_radix(&colour[1 + 2 * i..3 + 2 * i], 16).unwrap())
+            .collect();
+        let n = pixels
+            .chunks(channels)
+            .filter(|p| p[..3] == want[..])
+            .count();
+        // A swatch in the table is 12x12, a phase in the whole-run band at
+        // least 2x20, a set-up phase's bar (1-7) at least 6x18.
+        let set_up = name.starts_with(|c: char| ('1'..='7').contains(&c));
+        let least = 144 + 40 + if set_up { 108 } else { 0 };
+        r.check(
+            n >= least,
+            &format!("phase {name}: {n} pixels of {colour} in the screenshot, want {least}"),
+        );
+    }
+    // The text as the browser laid it out.
+    let dom = std::process::Command::new("timeout")
+        .args([
+            "120",
+            browser,
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile2").display()
+        ))
+        .arg(format!("file://{}", html.display()))
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for (_, name) in &phases {
+        r.check(
+            dom.contains(name.as_str()),
+            &format!("the page names {name}"),
+        );
+    }
+}

@@ -157,7 +157,7 @@ fn create(
     let mut vm = Vm::new(&kvm, config.cpus)?;
     phases.done(
         3,
-        "KVM_CREATE_VM, irqchip (KVM_CREATE_IRQCHIP), PIT, vCPU fds (vm.rs)",
+        "KVM_CREATE_VM, KVM_CREATE_IRQCHIP, PIT, vCPU fds (vm.rs)",
     );
     // 4. Guest RAM around the MMIO gap.
     match memory {
