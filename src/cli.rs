@@ -45,6 +45,29 @@ pub enum Command {
     /// showing where the time went: kiln's set-up phases, the guest's exits
     /// per device over time, and tables of both.
     Report(ReportArgs),
+    /// Boot a guest as `kiln run` does and narrate it: each phase of the
+    /// boot recipe with the KVM ioctls behind it, the values kiln passes
+    /// (memory map, e820, where the kernel went, the boot vCPU's registers
+    /// and page tables) and the files that do it; then the first guest
+    /// exits, decoded; then stop (or --continue).
+    Explain(ExplainArgs),
+}
+
+/// Options of `kiln explain`: those of `kiln run`, and how far to go.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExplainArgs {
+    /// How many guest exits to show.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub exits: usize,
+
+    /// After them, let the guest run on (without trace lines) instead of
+    /// stopping it.
+    #[arg(long = "continue")]
+    pub keep_running: bool,
+
+    /// The VM, as for `kiln run`.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Options of `kiln report`.

@@ -42,7 +42,22 @@ fn main() {
     };
     let code = match cli.command {
         Some(Command::Run(args)) if !args.command.is_empty() => sandbox::run(&args, start),
-        Some(Command::Run(args)) => run(&args, start),
+        Some(Command::Run(args)) => run(&args, start, None),
+        Some(Command::Explain(args)) if !args.run.command.is_empty() => {
+            logger::init(1);
+            log::error!(
+                "kiln explain boots a kernel and narrates it; it runs no sandbox command (drop the -- CMD)"
+            );
+            EXIT_USAGE
+        }
+        Some(Command::Explain(args)) => run(
+            &args.run,
+            start,
+            Some(trace::Explain {
+                exits: args.exits,
+                keep_running: args.keep_running,
+            }),
+        ),
         Some(Command::Snapshot(args)) => snapshot(&args),
         Some(Command::Report(args)) => report_trace(&args),
         None => firecracker::serve(cli.api_sock.as_deref(), cli.config_file.as_deref(), start),
@@ -118,7 +133,7 @@ fn report_trace(args: &cli::ReportArgs) -> i32 {
     }
 }
 
-fn run(args: &cli::RunArgs, start: Instant) -> i32 {
+fn run(args: &cli::RunArgs, start: Instant, explain: Option<trace::Explain>) -> i32 {
     logger::init(if args.quiet { 0 } else { args.verbose.max(1) });
     let restored = match &args.restore {
         None => None,
@@ -147,6 +162,13 @@ fn run(args: &cli::RunArgs, start: Instant) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if let Some(e) = explain {
+        // Narrate, and print exits (all of them, or as --trace=FILTER says).
+        let mut t = config.trace.take().unwrap_or_default();
+        t.print.get_or_insert_with(Default::default);
+        t.explain = Some(e);
+        config.trace = Some(t);
+    }
     // The console's last bytes, for the panic line when pvpanic reports one.
     let tail = console::ConsoleTail::default();
     config.console_tail = Some(tail.clone());

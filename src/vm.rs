@@ -121,7 +121,7 @@ impl std::fmt::Debug for VmState {
 }
 
 /// Capabilities kiln cannot run without.
-const REQUIRED_CAPS: [(Cap, &str); 6] = [
+pub const REQUIRED_CAPS: [(Cap, &str); 6] = [
     (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
     (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
     (Cap::Pit2, "KVM_CAP_PIT2"),

@@ -434,3 +434,99 @@ fn the_report_renders_the_phases_in_a_real_browser() {
         );
     }
 }
+
+/// Every repository path (src/..., boot/..., devices/...) `text` names.
+fn repo_paths(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || "_./-".contains(c)))
+        .filter(|w| {
+            ["src/", "boot/src", "devices/src", "proto/src", "guest/"]
+                .iter()
+                .any(|p| w.starts_with(p))
+        })
+        .map(|w| w.trim_end_matches('.').to_string())
+        .collect()
+}
+
+#[test]
+fn explain_narrates_every_phase_then_the_first_exits() {
+    let elf = payload::build();
+    let args = [
+        "explain",
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--cmdline",
+        "payload=hello",
+        "--console",
+        "none",
+        "--exits",
+        "5",
+    ];
+    let o = run(&args, TIMEOUT);
+    o.check(o.code == Some(0), "kiln explain stops the VM and exits 0");
+    let phases: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter_map(|l| l.split(" kiln  phase ").nth(1))
+        .map(|p| p.split_whitespace().next().unwrap())
+        .collect();
+    o.check(
+        phases == ["1", "2", "3", "4", "5", "6", "7", "7", "8", "9"],
+        &format!("every phase, in order: {phases:?}"),
+    );
+    for what in [
+        "KVM_GET_API_VERSION",
+        "KVM_CREATE_VM",
+        "KVM_CREATE_IRQCHIP",
+        "KVM_SET_USER_MEMORY_REGION slot 0: guest 0x000000000..0x010000000 (256 MiB)",
+        "kernel: Elf (64-bit boot protocol, long mode), entry 0x100000",
+        "command line at 0x20000: console=ttyS0",
+        "0x000000000..0x00009fc00  RAM",
+        "ACPI: RSDP at 0xe0000",
+        "com1                                     ports 0x3f8..0x400         IRQ 4",
+        "KVM_IRQFD",
+        "KVM_IOEVENTFD",
+        "KVM_SET_CPUID2",
+        "page tables: PML4 0x9000",
+        "KVM_SET_SREGS: CR0 0x",
+        "KVM_SET_REGS:  RIP 0x100000  RSP 0x8ff0  RSI 0x7000",
+        "The first 5 exits follow",
+        "that was the first 5 exits",
+    ] {
+        o.check(o.stderr.contains(what), &format!("it says {what:?}"));
+    }
+    let exits = trace_lines(&o);
+    o.check(exits.len() == 5, &format!("five exits: {exits:?}"));
+    o.check(
+        exits[1].contains("COM1 THR <- 'k' (send a byte)") && exits[1].contains("at putc"),
+        "decoded, with the function",
+    );
+    let paths = repo_paths(&o.stderr);
+    o.check(paths.len() >= 15, &format!("files named: {paths:?}"));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for p in &paths {
+        o.check(
+            root.join(p).exists(),
+            &format!("{p} exists in the repository"),
+        );
+    }
+
+    // --continue: the guest runs on to its reset, without more lines.
+    let mut cont = args.to_vec();
+    cont.push("--continue");
+    let o = run(&cont, TIMEOUT);
+    o.check(o.code == Some(0), "the guest's reset ends it");
+    o.check(
+        o.stderr.contains("i8042: guest requested a reset"),
+        "it ran to the end",
+    );
+    o.check(trace_lines(&o).len() == 5, "still five exit lines");
+
+    let o = run(
+        &["explain", "--kernel", elf.to_str().unwrap(), "--", "true"],
+        TIMEOUT,
+    );
+    o.check(
+        o.code == Some(2) && o.errors().len() == 1 && o.errors()[0].contains("no sandbox command"),
+        "a sandbox command is refused",
+    );
+}

@@ -381,6 +381,7 @@ fn parse_trace(args: &RunArgs) -> Result<Option<crate::trace::TraceConfig>, Conf
     Ok(Some(crate::trace::TraceConfig {
         print,
         file: args.trace_out.clone(),
+        explain: None,
     }))
 }
 

@@ -75,6 +75,23 @@ impl Device {
         }
     }
 
+    /// Where its model lives in the repository.
+    pub fn file(&self) -> &'static str {
+        match self {
+            Device::Com1 => "devices/src/serial.rs",
+            Device::I8042 => "devices/src/i8042.rs",
+            Device::Cmos => "devices/src/cmos.rs",
+            Device::PvPanic => "devices/src/pvpanic.rs",
+            Device::AcpiPm => "devices/src/acpi_pm.rs",
+            Device::BootTimer => "devices/src/boot_timer.rs",
+            Device::Virtio { kind, .. } => match kind {
+                VirtioKind::Block => "devices/src/virtio/block/",
+                VirtioKind::Net => "devices/src/virtio/net/",
+                VirtioKind::Vsock => "devices/src/virtio/vsock/",
+            },
+        }
+    }
+
     /// The name FILTER terms and the summary table use.
     pub fn name(&self) -> &'static str {
         match self {
@@ -181,6 +198,36 @@ impl Decoder {
             });
         }
         Decoder { regions }
+    }
+
+    /// One line per device: where it sits, its interrupt, its model.
+    pub fn describe_map(&self) -> Vec<String> {
+        self.regions
+            .iter()
+            .map(|r| {
+                let place = match r.space {
+                    Space::Pio => format!("ports {:#x}..{:#x}", r.base, r.base + r.len),
+                    Space::Mmio => format!("MMIO {:#x}..{:#x}", r.base, r.base + r.len),
+                };
+                let irq = match &r.device {
+                    Device::Com1 => format!("IRQ {}", layout::ports::COM1_IRQ),
+                    Device::I8042 => format!("IRQ {}", layout::ports::I8042_IRQ),
+                    Device::Virtio { base, .. } => format!(
+                        "IRQ {}",
+                        layout::VIRTIO_IRQ_BASE as u64
+                            + (base - layout::VIRTIO_MMIO_START) / layout::VIRTIO_MMIO_SIZE
+                    ),
+                    _ => "no IRQ".into(),
+                };
+                let model = match &r.device {
+                    Device::Virtio { .. } => {
+                        format!("{} + devices/src/virtio/mmio.rs", r.device.file())
+                    }
+                    d => d.file().to_string(),
+                };
+                format!("{:<40} {place:<26} {irq:<7} ({model})", r.device.describe())
+            })
+            .collect()
     }
 
     /// What a `write` (or read) of `data` at `addr` means.
@@ -391,6 +438,26 @@ mod tests {
         assert_eq!(
             d.decode(Space::Mmio, 0xd000_2000, false, &[0; 4]).device,
             None
+        );
+    }
+
+    #[test]
+    fn the_map_names_places_interrupts_and_files() {
+        let map = decoder().describe_map();
+        assert!(
+            map[0].starts_with("com1")
+                && map[0].contains("ports 0x3f8..0x400")
+                && map[0].contains("IRQ 4"),
+            "{map:?}"
+        );
+        let net = map.iter().find(|l| l.contains("eth0")).unwrap();
+        assert!(
+            net.contains("MMIO 0xd0001000..0xd0002000") && net.contains("IRQ 6"),
+            "{net}"
+        );
+        assert!(
+            net.contains("(devices/src/virtio/net/ + devices/src/virtio/mmio.rs)"),
+            "{net}"
         );
     }
 

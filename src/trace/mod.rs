@@ -11,6 +11,7 @@
 //! tracer exists and the run loop's only cost is one `Option` test.
 
 pub mod decode;
+pub mod explain;
 pub mod filter;
 pub mod perfetto;
 pub mod symbols;
@@ -36,6 +37,17 @@ pub struct TraceConfig {
     pub print: Option<Filter>,
     /// `--trace-out FILE`: write every event to this Perfetto file.
     pub file: Option<PathBuf>,
+    /// `kiln explain`: narrate the phases, show this many exits.
+    pub explain: Option<Explain>,
+}
+
+/// What `kiln explain` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Explain {
+    /// How many exits to show.
+    pub exits: usize,
+    /// Let the guest run on after them (else kiln stops the VM).
+    pub keep_running: bool,
 }
 
 /// Which thread an event happened on.
@@ -227,8 +239,16 @@ impl<'a> Phases<'a> {
 
     /// Phase `number`, `name`, ended now; the next one starts.
     pub fn done(&mut self, number: u8, name: &str) {
+        self.done_explained(number, name, String::new);
+    }
+
+    /// The same, with what `kiln explain` says about it (made only then).
+    pub fn done_explained(&mut self, number: u8, name: &str, explain: impl FnOnce() -> String) {
         if let Some(t) = self.tracer {
             t.phase(number, name, self.from);
+            if t.explaining() {
+                t.explain(&explain());
+            }
             self.from = Instant::now();
         }
     }
@@ -257,6 +277,9 @@ struct Summary {
 /// The trace of one VM, shared by its vCPU threads and the event loop.
 pub struct Tracer {
     print: Option<Filter>,
+    explain: Option<Explain>,
+    /// Exit lines printed so far (`kiln explain` stops after its count).
+    printed: std::sync::atomic::AtomicUsize,
     file: Mutex<Option<TraceFile>>,
     decoder: Decoder,
     symbols: Option<Symbols>,
@@ -274,13 +297,14 @@ impl Tracer {
         symbols: Option<Symbols>,
         start: Instant,
     ) -> std::io::Result<Tracer> {
-        let t = Tracer::with_output(
+        let mut t = Tracer::with_output(
             config.print.clone(),
             decoder,
             symbols,
             start,
             Box::new(std::io::stderr()),
         );
+        t.explain = config.explain;
         if let Some(path) = &config.file {
             *t.file.lock().expect("trace file lock") = Some(TraceFile::create(path)?);
         }
@@ -352,6 +376,8 @@ impl Tracer {
     ) -> Tracer {
         Tracer {
             print,
+            explain: None,
+            printed: std::sync::atomic::AtomicUsize::new(0),
             file: Mutex::new(None),
             decoder,
             symbols,
@@ -372,6 +398,27 @@ impl Tracer {
             .lock()
             .expect("trace output lock")
             .write_all(line.as_bytes());
+    }
+
+    /// Whether `kiln explain` narrates.
+    pub fn explaining(&self) -> bool {
+        self.explain.is_some()
+    }
+
+    /// The decoder (the explanation of phase 6 lists its devices).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Prints an explanation block under the last line.
+    pub fn explain(&self, text: &str) {
+        let mut block = String::new();
+        for line in text.lines() {
+            block.push_str("             | ");
+            block.push_str(line);
+            block.push('\n');
+        }
+        self.write_line(&block);
     }
 
     /// Records phase `number` of the boot recipe, from `from` until now.
@@ -398,13 +445,14 @@ impl Tracer {
 
     /// Records an event `thread` took `took` to handle (it ended now);
     /// `rip` is asked for only when the event is printed or written.
+    /// True when `kiln explain` has shown its exits and the VM should stop.
     pub fn record(
         &self,
         thread: Thread,
         exit: &TracedExit,
         took: Duration,
         rip: impl FnOnce() -> Option<u64>,
-    ) {
+    ) -> bool {
         let now = Instant::now();
         let decoded = exit.access.map(|(space, addr, bytes, n)| {
             let write = matches!(
@@ -441,13 +489,22 @@ impl Tracer {
             Thread::Vcpu(n) => Some(n),
             Thread::EventLoop => None,
         };
-        let printed = self
+        let mut printed = self
             .print
             .as_ref()
             .is_some_and(|f| f.selects(vcpu, exit.reason, filter_device));
+        let mut stop = false;
+        if let (Some(e), true) = (self.explain, printed) {
+            let n = self
+                .printed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            printed = n <= e.exits;
+            stop = n == e.exits && !e.keep_running;
+        }
         let mut file = self.file.lock().expect("trace file lock");
         if !printed && file.is_none() {
-            return;
+            return stop;
         }
         let (addr, text) = match &decoded {
             Some((addr, d)) => (format!("{addr:#x}"), d.text.clone()),
@@ -484,7 +541,7 @@ impl Tracer {
         }
         drop(file);
         if !printed {
-            return;
+            return stop;
         }
         let at = match (rip, function) {
             (Some(rip), Some(name)) => format!("at {name} ({rip:#x})"),
@@ -498,6 +555,13 @@ impl Tracer {
             exit.reason.name(),
             took.as_secs_f64() * 1e6,
         ));
+        if stop {
+            self.explain(&format!(
+                "that was the first {} exits; kiln stops the VM here (--continue lets it run on)",
+                self.printed.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+        }
+        stop
     }
 
     /// Closes the trace file: the message saying where it is, or why it
@@ -598,7 +662,7 @@ mod tests {
         let mut data = *b"h";
         let thr = TracedExit::of(&VcpuExit::IoOut(0x3f8, &data));
         let mut rips = 0;
-        t.record(Thread::Vcpu(0), &thr, Duration::from_micros(3), || {
+        let _ = t.record(Thread::Vcpu(0), &thr, Duration::from_micros(3), || {
             rips += 1;
             Some(0x1234)
         });

@@ -227,6 +227,12 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The registers and special registers KVM holds for this vCPU
+    /// (`kiln explain` shows the boot vCPU's).
+    pub fn registers(&self) -> Option<(kvm_bindings::kvm_regs, kvm_bindings::kvm_sregs)> {
+        Some((self.fd.get_regs().ok()?, self.fd.get_sregs().ok()?))
+    }
+
     /// Starts the vCPU thread; it returns the vCPU (with its stats) when done.
     pub fn start(self) -> Result<JoinHandle<Vcpu>, VcpuError> {
         std::thread::Builder::new()
@@ -285,9 +291,13 @@ impl Vcpu {
             };
             if let (Some(tracer), Some(exit), Some(since)) = (&self.tracer, traced, since) {
                 let fd = &self.fd;
-                tracer.record(Thread::Vcpu(self.id), &exit, since.elapsed(), || {
+                let enough = tracer.record(Thread::Vcpu(self.id), &exit, since.elapsed(), || {
                     fd.get_regs().ok().map(|r| r.rip)
                 });
+                if enough {
+                    // `kiln explain` has shown its exits.
+                    self.control.request_stop(StopReason::Finished);
+                }
             }
             if let Next::Stop(reason) = next {
                 self.control.request_stop(reason);

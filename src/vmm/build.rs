@@ -16,6 +16,7 @@ use devices::bus::Bus;
 use devices::cmos::Cmos;
 use devices::i8042::I8042;
 
+use crate::trace::explain::{self, LoadFacts};
 use crate::trace::{Phases, Tracer};
 use devices::pvpanic::PvPanic;
 use devices::serial::Serial;
@@ -56,13 +57,14 @@ impl Machine {
     ) -> Result<Machine, VmmError> {
         let tracer = Tracer::for_config(config, start)?;
         let mut phases = Phases::new(tracer.as_deref(), start);
-        phases.done(1, "validate the configuration (config/)");
+        phases.done(1, "validate the configuration (src/config/)");
         let (kvm, vm, repairs_on) = create(config, Memory::Fresh, &mut phases)?;
         let slots = slots(config)?;
-        let entry = load(config, &vm, &slots, repairs_on)?;
-        phases.done(
+        let (entry, facts) = load(config, &vm, &slots, repairs_on)?;
+        phases.done_explained(
             5,
-            "load the kernel, initrd, command line; boot_params, MP and ACPI tables (boot/)",
+            "load the kernel, initrd, command line; boot_params, MP and ACPI tables (boot/src/)",
+            || explain::load(&facts),
         );
         let m = assemble(
             config,
@@ -74,9 +76,15 @@ impl Machine {
             &mut phases,
         )?;
         m.paused[0].set_boot_state(&m.vm.mem, entry)?;
-        phases.done(
+        phases.done_explained(
             7,
-            "boot vCPU: GDT, page tables, entry registers (boot/cpu.rs)",
+            "boot vCPU: GDT, page tables, entry registers (boot/src/cpu.rs)",
+            || match m.paused[0].registers() {
+                Some((regs, sregs)) => {
+                    explain::boot_vcpu(&regs, &sregs, entry.mode == EntryMode::Long64)
+                }
+                None => "cannot read the registers back".into(),
+            },
         );
         Ok(m)
     }
@@ -99,11 +107,11 @@ impl Machine {
         }
         let tracer = Tracer::for_config(config, start)?;
         let mut phases = Phases::new(tracer.as_deref(), start);
-        phases.done(1, "read the snapshot's state file (snapshot.rs)");
+        phases.done(1, "read the snapshot's state file (src/snapshot.rs)");
         let (kvm, vm, repairs_on) = create(config, Memory::File(&files.memory), &mut phases)?;
         // The interrupt controllers before any device can raise a line.
         vm.restore_state(&snap.vm)?;
-        phases.done(5, "restore PIC, IOAPIC, PIT, clock (vm.rs)");
+        phases.done(5, "restore PIC, IOAPIC, PIT, clock (src/vm.rs)");
         let mut m = assemble(
             config,
             start,
@@ -131,7 +139,7 @@ impl Machine {
         m.i8042.lock().expect("i8042 lock").raise_pending();
         phases.done(
             7,
-            "write the saved vCPU and device state (vcpu/state.rs, devices)",
+            "write the saved vCPU and device state (src/vcpu/state.rs, devices/src/)",
         );
         Ok(m)
     }
@@ -149,28 +157,39 @@ fn create(
     if repairs_on {
         log::info!("nested kvm_pvm host detected: host repairs on (instruction emulation, VMCALL completion)");
     }
-    phases.done(
+    phases.done_explained(
         2,
-        "open /dev/kvm, check API version and capabilities (vm.rs)",
+        "open /dev/kvm, check API version and capabilities (src/vm.rs)",
+        || {
+            let caps: Vec<&str> = crate::vm::REQUIRED_CAPS.iter().map(|c| c.1).collect();
+            explain::open_kvm(&caps, repairs_on)
+        },
     );
     // 3. Create the VM with its irqchip and PIT.
     let mut vm = Vm::new(&kvm, config.cpus)?;
-    phases.done(
+    phases.done_explained(
         3,
-        "KVM_CREATE_VM, KVM_CREATE_IRQCHIP, PIT, vCPU fds (vm.rs)",
+        "KVM_CREATE_VM, KVM_CREATE_IRQCHIP, PIT, vCPU fds (src/vm.rs)",
+        || explain::create_vm(config.cpus),
     );
     // 4. Guest RAM around the MMIO gap.
     match memory {
         Memory::Fresh => vm.add_memory(config.mem_size)?,
         Memory::File(path) => vm.add_memory_from_file(config.mem_size, path)?,
     }
-    phases.done(
+    phases.done_explained(
         4,
         match memory {
-            Memory::Fresh => "guest RAM: mmap, KVM_SET_USER_MEMORY_REGION (vm.rs)",
+            Memory::Fresh => "guest RAM: mmap, KVM_SET_USER_MEMORY_REGION (src/vm.rs)",
             Memory::File(_) => {
-                "guest RAM: the memory file mapped MAP_PRIVATE, KVM_SET_USER_MEMORY_REGION (vm.rs)"
+                "guest RAM: the memory file mapped MAP_PRIVATE, KVM_SET_USER_MEMORY_REGION (src/vm.rs)"
             }
+        },
+        || {
+            explain::memory(
+                &layout::ram_regions(config.mem_size),
+                matches!(memory, Memory::File(_)),
+            )
         },
     );
     Ok((kvm, vm, repairs_on))
@@ -192,7 +211,7 @@ fn load(
     vm: &Vm,
     slots: &[Slot],
     repairs_on: bool,
-) -> Result<BootEntry, VmmError> {
+) -> Result<(BootEntry, LoadFacts), VmmError> {
     let mut kernel =
         File::open(&config.kernel).map_err(|e| VmmError::Open(config.kernel.clone(), e))?;
     let kernel = loader::load_kernel(&vm.mem, &mut kernel)?;
@@ -283,11 +302,31 @@ fn load(
         }
     };
     mptable::write(&vm.mem, config.cpus)?;
-    Ok(BootEntry {
-        mode: kernel.mode,
+    let facts = LoadFacts {
+        format: format!("{:?}", kernel.format),
+        protocol: match kernel.mode {
+            EntryMode::Pvh32 => "PVH entry, 32-bit protected mode",
+            EntryMode::Long64 => "64-bit boot protocol, long mode",
+        },
         entry: kernel.entry,
-        info_addr,
-    })
+        kernel_end: kernel.kernel_end,
+        initrd: initrd.map(|p| (p.addr, p.size)),
+        cmdline,
+        e820: e820.iter().map(|e| (e.addr, e.size, e.kind)).collect(),
+        rsdp,
+        info: match kernel.mode {
+            EntryMode::Pvh32 => ("hvm_start_info", info_addr),
+            EntryMode::Long64 => ("boot_params (the zero page)", info_addr),
+        },
+    };
+    Ok((
+        BootEntry {
+            mode: kernel.mode,
+            entry: kernel.entry,
+            info_addr,
+        },
+        facts,
+    ))
 }
 
 /// Phases 6-7 and the event loop: devices on the buses (in their saved
@@ -431,9 +470,14 @@ fn assemble(
         virtio.push(attached);
     }
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    phases.done(
+    phases.done_explained(
         6,
-        "devices on the port-I/O and MMIO buses, irqfds, ioeventfds (devices/, virtio.rs)",
+        "devices on the port-I/O and MMIO buses, irqfds, ioeventfds (devices/src/, src/virtio.rs)",
+        || {
+            tracer
+                .as_ref()
+                .map_or_else(String::new, |t| explain::devices(t.decoder()))
+        },
     );
 
     // 7. vCPUs: CPUID, MSRs, LAPIC.
@@ -464,9 +508,10 @@ fn assemble(
             vcpus.last_mut().expect("just pushed").set_tracer(t.clone());
         }
     }
-    phases.done(
+    phases.done_explained(
         7,
-        "vCPUs: KVM_SET_CPUID2, MSRs, LAPIC LINT0/LINT1 (vcpu/mod.rs, boot/cpuid.rs)",
+        "vCPUs: KVM_SET_CPUID2, MSRs, LAPIC LINT0/LINT1 (src/vcpu/mod.rs, boot/src/cpuid.rs)",
+        || explain::vcpus(config.cpus),
     );
 
     // 8. The event loop and its subscribers (vCPU threads start later).

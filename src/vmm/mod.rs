@@ -156,6 +156,14 @@ pub fn run(
         start.elapsed().as_secs_f64() * 1000.0,
         config.cpus
     );
+    if let Some(t) = m.tracer.as_ref().filter(|t| t.explaining()) {
+        if let Some(e) = config.trace.as_ref().and_then(|c| c.explain) {
+            t.explain(&format!(
+                "phase 8 starts: KVM_RUN\n{}",
+                crate::trace::explain::run(e.exits, e.keep_running)
+            ));
+        }
+    }
     m.resume();
     m.run(api)
 }
@@ -253,7 +261,7 @@ impl Machine {
         if let (Some(t), Some(started)) = (&self.tracer, self.started) {
             t.phase(
                 8,
-                "run: vCPU threads in KVM_RUN, the event loop (vcpu/mod.rs, event_loop.rs)",
+                "run: vCPU threads in KVM_RUN, the event loop (src/vcpu/mod.rs, src/event_loop.rs)",
                 started,
             );
         }
@@ -289,7 +297,7 @@ impl Machine {
             trace: self.tracer.as_ref().map(|t| {
                 t.phase(
                     9,
-                    "tear down: stop and join the vCPUs, flush the console (vmm/mod.rs)",
+                    "tear down: stop and join the vCPUs, flush the console (src/vmm/mod.rs)",
                     tear_down,
                 );
                 let mut out = if t.prints() {
