@@ -284,6 +284,7 @@ pub(crate) fn is_usage_error(e: &vmm::VmmError) -> bool {
             | vmm::VmmError::Virtio(crate::virtio::VirtioError::TooManyDevices { .. })
             | vmm::VmmError::BadSnapshot(_)
             | vmm::VmmError::TraceFile(..)
+            | vmm::VmmError::NoTrace
             | vmm::VmmError::Snapshot(_)
             | vmm::VmmError::Api(_)
     )

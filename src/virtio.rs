@@ -186,7 +186,8 @@ impl VirtioEvents {
 impl MutEventSubscriber for VirtioEvents {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let data = events.data();
-        let since = self.tracer.is_some().then(std::time::Instant::now);
+        let tracing = crate::trace::COMPILED_IN && self.tracer.is_some();
+        let since = tracing.then(std::time::Instant::now);
         if data == BACKEND {
             self.transport.lock().expect("virtio lock").backend_ready();
         } else if let Some(evt) = self.queue_evts.get(data as usize) {

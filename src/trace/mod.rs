@@ -13,6 +13,7 @@
 pub mod decode;
 pub mod explain;
 pub mod filter;
+pub mod kallsyms;
 pub mod perfetto;
 pub mod symbols;
 
@@ -29,6 +30,11 @@ use decode::{Decoder, Space};
 use filter::Filter;
 use perfetto::TraceFile;
 use symbols::Symbols;
+
+/// Whether this kiln was built with teaching mode (the cargo feature
+/// `trace`, on by default). Without it every tracing branch in the run
+/// loops is `false && ...` and compiles to nothing.
+pub const COMPILED_IN: bool = cfg!(feature = "trace");
 
 /// What `--trace` and `--trace-out` asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -321,6 +327,9 @@ impl Tracer {
         let Some(trace) = &config.trace else {
             return Ok(None);
         };
+        if !COMPILED_IN {
+            return Err(crate::vmm::VmmError::NoTrace);
+        }
         use decode::VirtioKind;
         let disks = config.disks.iter().enumerate().map(|(i, d)| {
             let name = format!("vd{}", char::from(b'a' + (i % 26) as u8));
@@ -346,9 +355,10 @@ impl Tracer {
             match Symbols::from_elf(&config.kernel) {
                 Ok(s) => {
                     log::info!(
-                        "trace: {} function names from {}",
+                        "trace: {} function names from {} ({})",
                         s.len(),
-                        config.kernel.display()
+                        config.kernel.display(),
+                        s.source()
                     );
                     Some(s)
                 }

@@ -1,17 +1,20 @@
 //! Guest addresses to function names, from the ELF symbol table of the
-//! kernel kiln boots (a `vmlinux`, or the test payload). A bzImage, or a
-//! vmlinux without a symbol table (Debian strips them), gives none: the
-//! trace then shows bare addresses.
+//! kernel kiln boots (a `vmlinux`, or the test payload), or, when that was
+//! stripped (Debian's vmlinux), from the kallsyms table inside the kernel
+//! image. A bzImage gives none (its kernel is compressed): the trace then
+//! shows bare addresses.
 
 use std::path::Path;
 
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
 
 /// Function symbols, sorted by address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Symbols {
     /// (address, size, name).
     funcs: Vec<(u64, u64, String)>,
+    /// The ELF symbol table or the kallsyms table.
+    source: &'static str,
 }
 
 impl Symbols {
@@ -55,12 +58,28 @@ impl Symbols {
             })
             .filter(|(_, _, name)| !name.is_empty() && !name.starts_with(".L"))
             .collect();
+        let mut source = "ELF symbol table";
         if funcs.is_empty() {
-            return Err("no symbol table (stripped)".into());
+            // A stripped Linux vmlinux still carries /proc/kallsyms' table.
+            funcs = super::kallsyms::parse(data)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(addr, kind, _)| addr >> 48 == 0xffff && "TtWw".contains(*kind))
+                .map(|(addr, _, name)| (addr, 0, name))
+                .collect();
+            source = "kernel's kallsyms table";
+        }
+        if funcs.is_empty() {
+            return Err("no symbol table (stripped) and no kallsyms table".into());
         }
         funcs.sort_by_key(|&(addr, _, _)| addr);
         funcs.dedup_by_key(|s| s.0);
-        Ok(Symbols { funcs })
+        Ok(Symbols { funcs, source })
+    }
+
+    /// Where the names came from.
+    pub fn source(&self) -> &'static str {
+        self.source
     }
 
     /// How many functions are known.
@@ -93,6 +112,7 @@ mod tests {
     #[test]
     fn names_addresses_inside_functions() {
         let s = Symbols {
+            source: "test",
             funcs: vec![
                 (0x1000, 0x10, "a".into()),
                 (0x1010, 0, "label".into()),

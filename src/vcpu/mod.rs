@@ -259,7 +259,8 @@ impl Vcpu {
         while !self.control.stopping() && !self.control.pausing() {
             let result = self.fd.run();
             // --trace: when kiln got the exit, and a copy of it.
-            let since = self.tracer.is_some().then(std::time::Instant::now);
+            let tracing = crate::trace::COMPILED_IN && self.tracer.is_some();
+            let since = tracing.then(std::time::Instant::now);
             let mut traced = None;
             let next = match result {
                 Ok(mut exit) => {
@@ -267,14 +268,14 @@ impl Vcpu {
                         log::trace!("vCPU {}: {exit:?}", self.id);
                     }
                     let next = dispatch(&mut exit, &self.pio, &self.mmio, &mut self.stats);
-                    if self.tracer.is_some() {
+                    if tracing {
                         traced = Some(TracedExit::of(&exit));
                     }
                     next
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.stats.interrupted += 1;
-                    if self.tracer.is_some() {
+                    if tracing {
                         traced = Some(TracedExit::kick());
                     }
                     self.on_tick()

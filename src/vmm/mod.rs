@@ -101,6 +101,9 @@ pub enum VmmError {
     /// A KVM system ioctl failed.
     #[error("cannot {0}: {1}")]
     Kvm(&'static str, kvm_ioctls::Error),
+    /// Teaching mode was asked for but not compiled in.
+    #[error("this kiln was built without teaching mode (cargo feature trace): --trace, --trace-out and kiln explain need a build with the default features")]
+    NoTrace,
     /// `--trace-out FILE` cannot be created.
     #[error("cannot create the trace file {0}: {1}; check the path")]
     TraceFile(std::path::PathBuf, std::io::Error),

@@ -190,6 +190,21 @@ mode_flood:
         call    puts
         jmp     mode_flood
 
+/* exits: 100000 reads of a port nothing answers, then reset: the cost of
+ * an exit round trip (KVM_RUN returns, kiln dispatches, KVM_RUN again),
+ * for resources/bench-trace.sh. */
+mode_exits:
+        leaq    s_exits(%rip), %rsi
+        call    puts
+        movl    $100000, %ecx
+        movw    $UNASSIGNED_PORT, %dx
+1:      inb     %dx, %al
+        decl    %ecx
+        jnz     1b
+        leaq    s_done(%rip), %rsi
+        call    puts
+        jmp     reset
+
 /* badport: I/O to a port and MMIO to an address with no device behind
  * them; kiln must ignore writes, return something for reads, and go on. */
 mode_badport:
@@ -991,6 +1006,7 @@ mode_table:
         .quad   m_flood, mode_flood
         .quad   m_pvpanic, mode_pvpanic
         .quad   m_count, mode_count
+        .quad   m_exits, mode_exits
         .quad   0, 0
 
 /* An IDT with limit 0: no vector is usable (for the triple mode). */
@@ -1017,6 +1033,7 @@ m_timer:        .asciz "timer"
 m_flood:        .asciz "flood"
 m_pvpanic:      .asciz "pvpanic"
 m_count:        .asciz "count"
+m_exits:        .asciz "exits"
 
 s_key:          .asciz "payload="
 s_hello_mode:   .asciz "hello"
@@ -1030,6 +1047,7 @@ s_spin:         .asciz "kiln-payload: spinning\n"
 s_flood:        .asciz "kiln-payload: flooding the console\n"
 s_pvpanic:      .asciz "kiln-payload: Kernel panic - not syncing: test panic\n"
 s_badport:      .asciz "kiln-payload: poking unassigned port and MMIO\n"
+s_exits:        .asciz "kiln-payload: 100000 port reads\n"
 s_survived:     .asciz "kiln-payload: survived\n"
 s_acpi_rsdp:    .asciz "kiln-payload: acpi rsdp="
 s_yes:          .asciz "yes\n"
