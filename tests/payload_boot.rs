@@ -17,17 +17,11 @@ use common::{kiln, run, Outcome, Running};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn boot(mode: &str, extra: &[&str]) -> Outcome {
-    let elf = payload::build();
-    let cmdline = format!("payload={mode}");
-    let mut args = vec![
-        "run",
-        "--kernel",
-        elf.to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-    ];
-    args.extend_from_slice(extra);
-    run(&args, TIMEOUT)
+    let args = payload::run_args(mode, extra);
+    run(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        TIMEOUT,
+    )
 }
 
 fn line(mode_line: &str) -> String {

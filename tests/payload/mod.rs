@@ -44,6 +44,19 @@ pub fn counts(out: &str) -> Vec<u64> {
         .collect()
 }
 
+/// `kiln run` arguments that boot the payload in `mode`, then `extra`.
+pub fn run_args(mode: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--kernel".into(),
+        build().to_str().expect("UTF-8 path").into(),
+        "--cmdline".into(),
+        format!("payload={mode}"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 /// Assembles and links the payload once per test process; returns the ELF's path.
 pub fn build() -> PathBuf {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
