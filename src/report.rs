@@ -69,11 +69,12 @@ fn parse(text: &str) -> Result<Trace, String> {
         match e["cat"].as_str() {
             Some("phase") => t.phases.push(span),
             Some(cat @ ("exit" | "device")) => {
-                // "io-out com1" -> device "com1"; "kick" has none.
+                // "io-out com1" -> device "com1"; exits without a device
+                // ("msr", "debug", "kick") stand for themselves.
                 let device = span
                     .name
                     .split_once(' ')
-                    .map_or("-", |(_, d)| d)
+                    .map_or(span.name.as_str(), |(_, d)| d)
                     .to_string();
                 let track = if cat == "exit" {
                     format!(

@@ -106,15 +106,15 @@ fn the_payload_boot_is_traced_exit_by_exit_in_order() {
         .map(|(_, p)| p.split_whitespace().next().unwrap())
         .collect();
     o.check(
-        numbers == ["1", "2", "3", "4", "5", "6", "7", "7", "8", "9"],
+        numbers == ["1", "1", "2", "3", "4", "5", "6", "7", "7", "8", "9"],
         &format!("phase lines: {numbers:?}"),
     );
     o.check(
-        phases[7].0 < all.len() - 3 && phases[8].0 == all.len() - 2,
+        phases[8].0 < all.len() - 3 && phases[9].0 == all.len() - 2,
         "phases 1-7 before the exits, 8 and 9 after",
     );
     o.check(
-        phases[4].1.contains("load the kernel") && phases[4].1.ends_with(" ms"),
+        phases[5].1.contains("load the kernel") && phases[5].1.ends_with(" ms"),
         "each phase says what it does and how long it took",
     );
     // Each line ends with the time kiln took.
@@ -289,7 +289,7 @@ fn trace_out_writes_a_perfetto_trace_with_phases_and_vcpu_tracks() {
         .collect();
     let numbers: Vec<char> = phases.iter().map(|p| p.chars().next().unwrap()).collect();
     o.check(
-        numbers == ['1', '2', '3', '4', '5', '6', '7', '7', '8', '9'],
+        numbers == ['1', '1', '2', '3', '4', '5', '6', '7', '7', '8', '9'],
         &format!("the boot recipe's phases in order: {phases:?}"),
     );
     let exits: Vec<&serde_json::Value> = events.iter().filter(|e| e["cat"] == "exit").collect();
@@ -358,7 +358,10 @@ fn the_report_renders_the_phases_in_a_real_browser() {
             Some((colour.to_string(), name.to_string()))
         })
         .collect();
-    r.check(phases.len() == 10, &format!("ten phase rows: {phases:?}"));
+    r.check(
+        phases.len() == 11,
+        &format!("eleven phase rows: {phases:?}"),
+    );
 
     let browser = "chromium-headless-shell";
     let shot = dir.path().join("shot.png");
@@ -465,7 +468,7 @@ fn explain_narrates_every_phase_then_the_first_exits() {
         .map(|p| p.split_whitespace().next().unwrap())
         .collect();
     o.check(
-        phases == ["1", "2", "3", "4", "5", "6", "7", "7", "8", "9"],
+        phases == ["1", "1", "2", "3", "4", "5", "6", "7", "7", "8", "9"],
         &format!("every phase, in order: {phases:?}"),
     );
     for what in [
@@ -524,4 +527,46 @@ fn explain_narrates_every_phase_then_the_first_exits() {
         o.code == Some(2) && o.errors().len() == 1 && o.errors()[0].contains("no sandbox command"),
         "a sandbox command is refused",
     );
+}
+
+/// A stripped kernel (Debian's vmlinux has no ELF symbol table) still gets
+/// function names in the trace, from the kallsyms table inside it.
+#[test]
+fn a_stripped_kernel_is_named_from_its_kallsyms_table() {
+    let missing =
+        "run ./resources/guests.sh --debian (it builds Debian's kernel and initramfs) first";
+    let kernel = common::guest_artifact("debian/vmlinux", missing);
+    let initrd = common::guest_artifact("debian/initramfs.cpio", missing);
+    let o = run(
+        &[
+            "explain",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--console",
+            "none",
+            "--exits",
+            "5",
+        ],
+        Duration::from_secs(900),
+    );
+    o.check(o.code == Some(0), "kiln explain stops the VM after 5 exits");
+    o.check(
+        o.stderr.contains("function names from") && o.stderr.contains("(kernel's kallsyms table)"),
+        "the names come from kallsyms",
+    );
+    let lines = trace_lines(&o);
+    o.check(lines.len() == 5, "five exits");
+    for l in &lines {
+        let name = l
+            .split(" at ")
+            .nth(1)
+            .and_then(|a| a.split('+').next())
+            .unwrap_or("");
+        o.check(
+            !name.is_empty() && !name.starts_with("0x") && !name.contains(' '),
+            &format!("a function name in {l:?}"),
+        );
+    }
 }

@@ -244,9 +244,16 @@ impl Decoder {
             } else {
                 "nothing here: reads all ones"
             };
+            let known = match space {
+                Space::Pio => absent_port(addr).map(|n| format!("{n}; ")),
+                Space::Mmio => None,
+            };
             return Decoded {
                 device: None,
-                text: format!("unclaimed {arrow} {value:#x} ({what})"),
+                text: format!(
+                    "unclaimed {arrow} {value:#x} ({}{what})",
+                    known.unwrap_or_default()
+                ),
             };
         };
         let offset = addr - r.base;
@@ -302,6 +309,22 @@ impl Decoder {
             text,
         }
     }
+}
+
+/// What a PC has at a port kiln leaves empty (guests probe them).
+fn absent_port(port: u64) -> Option<&'static str> {
+    Some(match port {
+        0xcf8..=0xcfb => "PCI CONFIG_ADDRESS, no PCI bus",
+        0xcfc..=0xcff => "PCI CONFIG_DATA, no PCI bus",
+        0x80 => "POST code port",
+        0x2f8..=0x2ff => "COM2",
+        0x3e8..=0x3ef => "COM3",
+        0x2e8..=0x2ef => "COM4",
+        0x3c0..=0x3df => "VGA",
+        0x1f0..=0x1f7 | 0x170..=0x177 => "IDE",
+        0x378..=0x37f => "parallel port",
+        _ => return None,
+    })
 }
 
 fn region(space: Space, base: u16, len: u16, device: Device) -> Region {
@@ -414,6 +437,10 @@ mod tests {
         let u = d.decode(Space::Pio, 0x510, false, &[0xff]);
         assert_eq!(u.device, None);
         assert!(u.text.starts_with("unclaimed -> 0xff"), "{}", u.text);
+        assert_eq!(
+            d.decode(Space::Pio, 0xcf8, true, &[0, 0x10, 0, 0x80]).text,
+            "unclaimed <- 0x80001000 (PCI CONFIG_ADDRESS, no PCI bus; nothing here: the write is dropped)"
+        );
     }
 
     #[test]

@@ -248,6 +248,15 @@ impl<'a> Phases<'a> {
         self.done_explained(number, name, String::new);
     }
 
+    /// Phase `number`, `name`, ended at `end` (before now); the next one
+    /// starts there.
+    pub fn done_at(&mut self, number: u8, name: &str, end: Instant) {
+        if let Some(t) = self.tracer {
+            t.phase_span(number, name, self.from, end);
+            self.from = end;
+        }
+    }
+
     /// The same, with what `kiln explain` says about it (made only then).
     pub fn done_explained(&mut self, number: u8, name: &str, explain: impl FnOnce() -> String) {
         if let Some(t) = self.tracer {
@@ -433,7 +442,12 @@ impl Tracer {
 
     /// Records phase `number` of the boot recipe, from `from` until now.
     pub fn phase(&self, number: u8, name: &str, from: Instant) {
-        let took = from.elapsed();
+        self.phase_span(number, name, from, Instant::now());
+    }
+
+    /// Records phase `number` of the boot recipe, from `from` to `end`.
+    pub fn phase_span(&self, number: u8, name: &str, from: Instant, end: Instant) {
+        let took = end.saturating_duration_since(from);
         if self.print.is_some() {
             self.write_line(&format!(
                 "{:>11.6} kiln  phase {number}    {name:<68} {:.3} ms\n",

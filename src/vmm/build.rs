@@ -55,9 +55,14 @@ impl Machine {
         start: Instant,
         control: Arc<VmControl>,
     ) -> Result<Machine, VmmError> {
+        let validated = Instant::now();
         let tracer = Tracer::for_config(config, start)?;
         let mut phases = Phases::new(tracer.as_deref(), start);
-        phases.done(1, "validate the configuration (src/config/)");
+        phases.done_at(1, "validate the configuration (src/config/)", validated);
+        phases.done(
+            1,
+            "teaching mode: the kernel's function names (src/trace/symbols.rs)",
+        );
         let (kvm, vm, repairs_on) = create(config, Memory::Fresh, &mut phases)?;
         let slots = slots(config)?;
         let (entry, facts) = load(config, &vm, &slots, repairs_on)?;
@@ -105,9 +110,14 @@ impl Machine {
                 config.cpus
             )));
         }
+        let read = Instant::now();
         let tracer = Tracer::for_config(config, start)?;
         let mut phases = Phases::new(tracer.as_deref(), start);
-        phases.done(1, "read the snapshot's state file (src/snapshot.rs)");
+        phases.done_at(1, "read the snapshot's state file (src/snapshot.rs)", read);
+        phases.done(
+            1,
+            "teaching mode: the kernel's function names (src/trace/symbols.rs)",
+        );
         let (kvm, vm, repairs_on) = create(config, Memory::File(&files.memory), &mut phases)?;
         // The interrupt controllers before any device can raise a line.
         vm.restore_state(&snap.vm)?;
