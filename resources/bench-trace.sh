@@ -6,8 +6,8 @@
 # Workloads: the bare-metal payload's boot (payload=hello, ~160 exits), its
 # 100000 unclaimed-port reads (payload=exits: one exit round trip each), and
 # the ring-3 test agent's virtio-blk flush check (blk-flush, 1 MiB disk).
-# Prints each run's total time (kiln's "VM stopped ... after") and the
-# medians, and the time per exit derived from payload=exits. Figures only,
+# Prints each run's total time (kiln's "VM stopped ... after"; the three
+# settings take turns) and the medians, and the time per exit derived from payload=exits. Figures only,
 # no pass/fail: these hosts are noisy.
 #
 #   resources/bench-trace.sh [RUNS]     (RUNS defaults to 5)
@@ -44,21 +44,23 @@ run() {
     sed -n 's/.*VM stopped: .* after \([0-9.]*\) s.*/\1/p' "$work/err" | tail -n 1
 }
 
-declare -A med
+# Settings take turns run by run, so the host's drift hits each alike.
+declare -A med times
 for workload in hello exits agent; do
-    for setting in off-build off on; do
-        times=()
-        for _ in $(seq "$runs"); do
+    for _ in $(seq "$runs"); do
+        for setting in off-build off on; do
             case $setting in
                 off-build) t=$(run "$without" "$workload") ;;
                 off) t=$(run "$with" "$workload") ;;
                 on) t=$(run "$with" "$workload" --trace-out "$work/trace.json") ;;
             esac
-            [ -n "$t" ] && times+=("$t")
+            [ -n "$t" ] && times[$workload,$setting]+="$t "
         done
-        m=$(printf '%s\n' "${times[@]}" | median)
+    done
+    for setting in off-build off on; do
+        m=$(printf '%s\n' ${times[$workload,$setting]} | median)
         med[$workload,$setting]=$m
-        printf '%-6s %-10s runs: %s  median %s s\n' "$workload" "$setting" "${times[*]}" "$m"
+        printf '%-6s %-10s runs: %s median %s s\n' "$workload" "$setting" "${times[$workload,$setting]}" "$m"
     done
 done
 
