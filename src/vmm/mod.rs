@@ -261,14 +261,17 @@ impl Machine {
     /// 9. Tear down: stop and join every vCPU, flush the console.
     fn tear_down(mut self) -> RunSummary {
         let tear_down = Instant::now();
+        self.pause();
+        // Phase 8 ended when the tear-down began; it is recorded once the
+        // vCPU threads are joined, so that it follows their last lines.
         if let (Some(t), Some(started)) = (&self.tracer, self.started) {
-            t.phase(
+            t.phase_span(
                 8,
                 "run: vCPU threads in KVM_RUN, the event loop (src/vcpu/mod.rs, src/event_loop.rs)",
                 started,
+                tear_down,
             );
         }
-        self.pause();
         let mut stats = ExitStats::default();
         let mut repairs = Vec::new();
         for v in &self.paused {
