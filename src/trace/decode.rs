@@ -200,6 +200,18 @@ impl Decoder {
         Decoder { regions }
     }
 
+    fn region(&self, space: Space, addr: u64) -> Option<&Region> {
+        self.regions
+            .iter()
+            .find(|r| r.space == space && addr >= r.base && addr - r.base < r.len)
+    }
+
+    /// The device at `addr`, without decoding the access (what the
+    /// trace's table and filter need for every exit).
+    pub fn device(&self, space: Space, addr: u64) -> Option<&Device> {
+        self.region(space, addr).map(|r| &r.device)
+    }
+
     /// One line per device: where it sits, its interrupt, its model.
     pub fn describe_map(&self) -> Vec<String> {
         self.regions
@@ -234,11 +246,7 @@ impl Decoder {
     pub fn decode(&self, space: Space, addr: u64, write: bool, data: &[u8]) -> Decoded {
         let arrow = if write { "<-" } else { "->" };
         let value = le_value(data);
-        let Some(r) = self
-            .regions
-            .iter()
-            .find(|r| r.space == space && addr >= r.base && addr - r.base < r.len)
-        else {
+        let Some(r) = self.region(space, addr) else {
             let what = if write {
                 "nothing here: the write is dropped"
             } else {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::VcpuExit;
 use serde_json::json;
 
-use decode::{Decoder, Space};
+use decode::{Decoder, Device, Space};
 use filter::Filter;
 use perfetto::TraceFile;
 use symbols::Symbols;
@@ -478,27 +478,12 @@ impl Tracer {
         rip: impl FnOnce() -> Option<u64>,
     ) -> bool {
         let now = Instant::now();
-        let decoded = exit.access.map(|(space, addr, bytes, n)| {
-            let write = matches!(
-                exit.reason,
-                Reason::IoOut | Reason::MmioWrite | Reason::Notify
-            );
-            let mut d = self.decoder.decode(space, addr, write, &bytes[..n]);
-            match exit.reason {
-                Reason::Notify => d.text.push_str(" [ioeventfd: no exit]"),
-                Reason::Backend => {
-                    d.text = match &d.device {
-                        Some(dev) => format!("{} host side ready", dev.describe()),
-                        None => "host side ready".into(),
-                    }
-                }
-                _ => {}
-            }
-            (addr, d)
-        });
-        let device = decoded
-            .as_ref()
-            .map(|(_, d)| d.device.as_ref().map_or("unclaimed", |d| d.name()));
+        // The device only (`Some(None)`: an access nothing answers): every
+        // exit is counted, only printed or written ones are decoded.
+        let filter_device = exit
+            .access
+            .map(|(space, addr, _, _)| self.decoder.device(space, addr).map(Device::name));
+        let device = filter_device.map(|d| d.unwrap_or("unclaimed"));
         {
             let mut s = self.summary.lock().expect("trace summary lock");
             s.by_reason.entry(exit.reason).or_default().add(took);
@@ -506,9 +491,6 @@ impl Tracer {
                 s.by_device.entry(name).or_default().add(took);
             }
         }
-        let filter_device = decoded
-            .as_ref()
-            .map(|(_, d)| d.device.as_ref().map(|d| d.name()));
         let vcpu = match thread {
             Thread::Vcpu(n) => Some(n),
             Thread::EventLoop => None,
@@ -530,8 +512,11 @@ impl Tracer {
         if !printed && file.is_none() {
             return stop;
         }
-        let (addr, text) = match &decoded {
-            Some((addr, d)) => (format!("{addr:#x}"), d.text.clone()),
+        let (addr, text) = match exit.access {
+            Some((space, addr, bytes, n)) => (
+                format!("{addr:#x}"),
+                self.describe(exit.reason, space, addr, &bytes[..n]),
+            ),
             None => (String::new(), exit.detail.clone().unwrap_or_default()),
         };
         let rip = vcpu.and_then(|_| rip());
@@ -586,6 +571,20 @@ impl Tracer {
             ));
         }
         stop
+    }
+
+    /// What an access means, as the trace lines say it.
+    fn describe(&self, reason: Reason, space: Space, addr: u64, data: &[u8]) -> String {
+        let write = matches!(reason, Reason::IoOut | Reason::MmioWrite | Reason::Notify);
+        let d = self.decoder.decode(space, addr, write, data);
+        match reason {
+            Reason::Notify => format!("{} [ioeventfd: no exit]", d.text),
+            Reason::Backend => match &d.device {
+                Some(dev) => format!("{} host side ready", dev.describe()),
+                None => "host side ready".into(),
+            },
+            _ => d.text,
+        }
     }
 
     /// Closes the trace file: the message saying where it is, or why it
