@@ -8,6 +8,7 @@
 #   KERNEL defaults to build/guest/minimal/vmlinux, RUNS to 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. resources/lib/common.sh
 kernel=${1:-build/guest/minimal/vmlinux}
 runs=${2:-5}
 shift $(( $# > 2 ? 2 : $# ))
@@ -17,7 +18,6 @@ kiln=${KILN:-target/release/kiln}
 initrd=build/guest/initramfs.cpio
 timeout=${KILN_BENCH_TIMEOUT:-1200}
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 boot_ms=() total_s=()
 echo "kernel: $kernel  runs: $runs  extra: $*"

@@ -50,8 +50,6 @@ image=$work/debian-root.ext4
 ./resources/debian-root.sh -o "$image" --tree "$work/root" >/dev/null
 tar -C "$work/root" -c . | "${podman_[@]}" import -q - "$image_tag" >/dev/null
 
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) printf "%.3f\n", a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 # One timed run of a command that must print "ok" and exit 0; appends the
 # wall time to $results/NAME, or notes the failure.
@@ -82,10 +80,8 @@ kiln_parts() {
         return
     fi
     echo "$t1 - $t0" | bc -l >>"$results/$name"
-    sed -n 's/.*sandbox: VM set up at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.setup"
-    sed -n 's/.*sandbox: guest agent connected at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.agent"
-    sed -n 's/.*sandbox: command ended at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.ended"
-    sed -n 's/.*sandbox: VM gone at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.gone"
+    sandbox_marks "$work/log" "$results/$name" "setup=VM set up" \
+        "agent=guest agent connected" "ended=command ended" "gone=VM gone"
 }
 
 for i in $(seq "$runs"); do

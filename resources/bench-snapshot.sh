@@ -37,8 +37,6 @@ trap "exit 130" INT
 trap "exit 143" TERM
 export KILN_CACHE_DIR=$work/cache
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) printf "%.3f\n", a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-now() { date +%s.%N; }
 results=$work/results
 mkdir "$results"
 
@@ -54,10 +52,8 @@ run_parts() {
         return
     fi
     echo "$t1 - $t0" | bc -l >>"$results/$name"
-    sed -n 's/.*sandbox: restored from the template .* at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.restored"
-    sed -n 's/.*sandbox: VM set up at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.setup"
-    sed -n 's/.*sandbox: guest agent connected at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.agent"
-    sed -n 's/.*sandbox: command ended at \([0-9.]*\) s.*/\1/p' "$work/log" >>"$results/$name.ended"
+    sandbox_marks "$work/log" "$results/$name" "restored=restored from the template .*" \
+        "setup=VM set up" "agent=guest agent connected" "ended=command ended"
 }
 
 echo "making the template (one boot)" >&2

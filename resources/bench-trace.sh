@@ -13,12 +13,12 @@
 #   resources/bench-trace.sh [RUNS]     (RUNS defaults to 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. resources/lib/common.sh
 runs=${1:-5}
 timeout=${KILN_BENCH_TIMEOUT:-300}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.4f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "building: default features, and --no-default-features into target/bench-notrace"
 cargo build --release -q
@@ -58,7 +58,7 @@ for workload in hello exits agent; do
         done
     done
     for setting in off-build off on; do
-        m=$(printf '%s\n' ${times[$workload,$setting]} | median)
+        m=$(printf '%s\n' ${times[$workload,$setting]} | median 4)
         med[$workload,$setting]=$m
         printf '%-6s %-10s runs: %s median %s s\n' "$workload" "$setting" "${times[$workload,$setting]}" "$m"
     done

@@ -115,3 +115,26 @@ install_file() {
     cp -f "$src" "$dst.tmp.$$"
     mv -f "$dst.tmp.$$" "$dst"
 }
+
+# For the benchmarks (bench-*.sh).
+# median [DECIMALS]: the median of the numbers on stdin ("-" for none),
+# with DECIMALS (default 3) decimals.
+median() {
+    sort -g | awk -v d="${1:-3}" '{a[NR]=$1} END {
+        if (NR == 0) print "-";
+        else printf "%.*f\n", d, (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2 }'
+}
+
+# now: the time in seconds, with nanoseconds.
+now() { date +%s.%N; }
+
+# sandbox_marks LOG PREFIX KEY=TEXT...: for each KEY=TEXT, the seconds of
+# kiln's "sandbox: TEXT at N s" line in LOG (TEXT is a sed pattern),
+# appended to the file PREFIX.KEY.
+sandbox_marks() {
+    local log=$1 prefix=$2 kv
+    shift 2
+    for kv in "$@"; do
+        sed -n "s/.*sandbox: ${kv#*=} at \([0-9.]*\) s.*/\1/p" "$log" >>"$prefix.${kv%%=*}"
+    done
+}
