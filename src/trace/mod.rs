@@ -248,15 +248,6 @@ impl<'a> Phases<'a> {
         self.done_explained(number, name, String::new);
     }
 
-    /// Phase `number`, `name`, ended at `end` (before now); the next one
-    /// starts there.
-    pub fn done_at(&mut self, number: u8, name: &str, end: Instant) {
-        if let Some(t) = self.tracer {
-            t.phase_span(number, name, self.from, end);
-            self.from = end;
-        }
-    }
-
     /// The same, with what `kiln explain` says about it (made only then).
     pub fn done_explained(&mut self, number: u8, name: &str, explain: impl FnOnce() -> String) {
         if let Some(t) = self.tracer {

@@ -55,14 +55,8 @@ impl Machine {
         start: Instant,
         control: Arc<VmControl>,
     ) -> Result<Machine, VmmError> {
-        let validated = Instant::now();
-        let tracer = Tracer::for_config(config, start)?;
-        let mut phases = Phases::new(tracer.as_deref(), start);
-        phases.done_at(1, "validate the configuration (src/config/)", validated);
-        phases.done(
-            1,
-            "teaching mode: the kernel's function names (src/trace/symbols.rs)",
-        );
+        let tracer = trace_set_up(config, start, "validate the configuration (src/config/)")?;
+        let mut phases = Phases::new(tracer.as_deref(), Instant::now());
         let (kvm, vm, repairs_on) = create(config, Memory::Fresh, &mut phases)?;
         let slots = slots(config)?;
         let (entry, facts) = load(config, &vm, &slots, repairs_on)?;
@@ -110,14 +104,12 @@ impl Machine {
                 config.cpus
             )));
         }
-        let read = Instant::now();
-        let tracer = Tracer::for_config(config, start)?;
-        let mut phases = Phases::new(tracer.as_deref(), start);
-        phases.done_at(1, "read the snapshot's state file (src/snapshot.rs)", read);
-        phases.done(
-            1,
-            "teaching mode: the kernel's function names (src/trace/symbols.rs)",
-        );
+        let tracer = trace_set_up(
+            config,
+            start,
+            "read the snapshot's state file (src/snapshot.rs)",
+        )?;
+        let mut phases = Phases::new(tracer.as_deref(), Instant::now());
         let (kvm, vm, repairs_on) = create(config, Memory::File(&files.memory), &mut phases)?;
         // The interrupt controllers before any device can raise a line.
         vm.restore_state(&snap.vm)?;
@@ -153,6 +145,27 @@ impl Machine {
         );
         Ok(m)
     }
+}
+
+/// Teaching mode's tracer, if asked for; it records phase 1 (`first`,
+/// from kiln's start until now) and its own set-up (reading the kernel's
+/// function names) as a second phase 1.
+fn trace_set_up(
+    config: &VmConfig,
+    start: Instant,
+    first: &str,
+) -> Result<Option<Arc<Tracer>>, VmmError> {
+    let first_ended = Instant::now();
+    let tracer = Tracer::for_config(config, start)?;
+    if let Some(t) = &tracer {
+        t.phase_span(1, first, start, first_ended);
+        t.phase(
+            1,
+            "teaching mode: the kernel's function names (src/trace/symbols.rs)",
+            first_ended,
+        );
+    }
+    Ok(tracer)
 }
 
 /// Phases 2-4: KVM, the VM with its irqchip, PIT and vCPUs, guest RAM.
