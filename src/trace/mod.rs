@@ -420,6 +420,16 @@ impl Tracer {
         &self.decoder
     }
 
+    /// `kiln explain`: what happens when the vCPUs start (nothing otherwise).
+    pub fn explain_run(&self) {
+        if let Some(e) = self.explain {
+            self.explain(&format!(
+                "phase 8 starts: KVM_RUN\n{}",
+                explain::run(e.exits, e.keep_running)
+            ));
+        }
+    }
+
     /// Prints an explanation block under the last line.
     pub fn explain(&self, text: &str) {
         let mut block = String::new();

@@ -159,13 +159,8 @@ pub fn run(
         start.elapsed().as_secs_f64() * 1000.0,
         config.cpus
     );
-    if let Some(t) = m.tracer.as_ref().filter(|t| t.explaining()) {
-        if let Some(e) = config.trace.as_ref().and_then(|c| c.explain) {
-            t.explain(&format!(
-                "phase 8 starts: KVM_RUN\n{}",
-                crate::trace::explain::run(e.exits, e.keep_running)
-            ));
-        }
+    if let Some(t) = &m.tracer {
+        t.explain_run();
     }
     m.resume();
     m.run(api)
