@@ -61,6 +61,8 @@ pub enum Device {
         kind: VirtioKind,
         /// Base of its window.
         base: u64,
+        /// Its interrupt line.
+        irq: u32,
         /// What it is, for people.
         label: String,
     },
@@ -184,15 +186,20 @@ impl Decoder {
                 Device::AcpiPm,
             ));
         }
+        // The slots the VM gives its devices (one past the last line is
+        // refused when the VM is built; the trace just leaves it out).
         for (i, (kind, label)) in virtio.iter().enumerate() {
-            let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
+            let Ok(slot) = crate::virtio::Slot::for_index(i) else {
+                break;
+            };
             regions.push(Region {
                 space: Space::Mmio,
-                base,
-                len: layout::VIRTIO_MMIO_SIZE,
+                base: slot.base,
+                len: slot.size,
                 device: Device::Virtio {
                     kind: *kind,
-                    base,
+                    base: slot.base,
+                    irq: slot.irq,
                     label: label.clone(),
                 },
             });
@@ -224,11 +231,7 @@ impl Decoder {
                 let irq = match &r.device {
                     Device::Com1 => format!("IRQ {}", layout::ports::COM1_IRQ),
                     Device::I8042 => format!("IRQ {}", layout::ports::I8042_IRQ),
-                    Device::Virtio { base, .. } => format!(
-                        "IRQ {}",
-                        layout::VIRTIO_IRQ_BASE as u64
-                            + (base - layout::VIRTIO_MMIO_START) / layout::VIRTIO_MMIO_SIZE
-                    ),
+                    Device::Virtio { irq, .. } => format!("IRQ {irq}"),
                     _ => "no IRQ".into(),
                 };
                 let model = match &r.device {
@@ -296,7 +299,9 @@ impl Decoder {
                 };
                 format!("boot-timer {arrow} {value}{what}")
             }
-            Device::Virtio { kind, base, label } => {
+            Device::Virtio {
+                kind, base, label, ..
+            } => {
                 let reg = devices::virtio::mmio::register_name(offset);
                 let meaning = match reg {
                     "QueueNotify" if write => {
