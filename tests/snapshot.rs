@@ -1,9 +1,12 @@
 //! Snapshot and restore through the real binary, with the bare-metal test
 //! payload counting timer interrupts in memory: snapshotted mid-run with
 //! `kiln snapshot` (over the API socket), continued in new kiln processes
-//! with the count intact; bad and foreign snapshot files. (Firecracker's
+//! with the count intact; bad and foreign snapshot files; and, with the
+//! test agent, a virtio-blk write in flight across a snapshot. (Firecracker's
 //! API driven with curl: tests/firecracker_api.rs.)
 
+#[path = "agent/mod.rs"]
+mod agent;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "payload/mod.rs"]
@@ -164,4 +167,91 @@ fn bad_and_foreign_snapshots_are_refused_with_one_line() {
     let mut r = Running::start(cmd);
     assert!(r.wait_for_stdout(&count_line(7), TIMEOUT));
     r.terminate(TIMEOUT);
+}
+
+/// Whether sectors `first..first + 8` of `image` hold the agent's blk
+/// pattern for `seed` (word `w` of sector `s` is
+/// `splitmix64(seed ^ (s * 64 + w))`, little endian).
+fn holds_pattern(image: &[u8], seed: u64, first: u64) -> bool {
+    (first..first + 8).all(|s| {
+        let sector = &image[s as usize * 512..][..512];
+        sector.chunks_exact(8).enumerate().all(|(w, word)| {
+            u64::from_le_bytes(word.try_into().unwrap())
+                == agent::splitmix64(seed ^ (s * 64 + w as u64))
+        })
+    })
+}
+
+/// The agent's `blk-inflight` check makes a write available without
+/// notifying the device and waits; the snapshot is taken then. The
+/// original never serves it; the restored kiln does, exactly once (the
+/// agent checks the used index and reads the data back), and the sectors
+/// are in the image afterwards.
+#[test]
+fn a_block_write_in_flight_across_a_snapshot_lands_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, sock, snap) = (
+        dir.path().join("disk.img"),
+        dir.path().join("api.sock"),
+        dir.path().join("snap"),
+    );
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let seed = 0x1f_f119_u64;
+    let mut cmd = kiln();
+    cmd.args(["run", "--memory", "64M", "--kernel"])
+        .arg(agent::build())
+        .arg("--cmdline")
+        .arg(format!("agent.test=blk-inflight agent.seed={seed:#x}"))
+        .arg("--disk")
+        .arg(&img)
+        .arg("--api-sock")
+        .arg(&sock);
+    let mut orig = Running::start(cmd);
+    assert!(
+        orig.wait_for_stdout("AGENT: blk-inflight waiting", TIMEOUT),
+        "the agent leaves a write in flight"
+    );
+    let out = kiln_snapshot(&sock, &snap, &["--leave-paused"]);
+    assert!(
+        out.status.success(),
+        "kiln snapshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = orig.terminate(TIMEOUT);
+    o.check(o.code == Some(143), "the original stops on SIGTERM");
+    o.check(
+        !o.stdout.contains("AGENT: check"),
+        "the original never finished the check",
+    );
+    let before = std::fs::read(&img).unwrap();
+    o.check(
+        holds_pattern(&before, seed, 0),
+        "the notified write reached the image",
+    );
+    o.check(
+        before[8 * 512..16 * 512].iter().all(|&b| b == 0),
+        "the write left in flight did not reach the image before the restore",
+    );
+
+    let mut cmd = kiln();
+    cmd.arg("run").arg("--restore").arg(&snap);
+    let r = Running::start(cmd).wait(TIMEOUT);
+    let report = agent::Report::parse(&r.stdout);
+    r.check(r.code == Some(0), "the restored agent finishes and resets");
+    r.check(
+        report.check("blk-inflight") == Some(None),
+        &format!("blk-inflight passed: {}", report.summary()),
+    );
+    r.check(
+        r.stdout.contains("used_idx=2"),
+        "the in-flight write was used exactly once",
+    );
+    let after = std::fs::read(&img).unwrap();
+    r.check(
+        holds_pattern(&after, seed, 0) && holds_pattern(&after, seed, 8),
+        "both writes are in the image",
+    );
 }

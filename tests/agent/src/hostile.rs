@@ -37,23 +37,23 @@ use crate::virtio::{self, feature, reg, status, Device, DEVICE_ID_BLOCK};
 use crate::{blk, cmdline, ensure, fail, println};
 
 /// The queue size we configure.
-const QSIZE: u16 = 16;
+pub const QSIZE: u16 = 16;
 /// How long a case may take.
 const TIMEOUT_MS: u64 = 2_000;
 /// Descriptor flags.
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
+pub const NEXT: u16 = 1;
+pub const WRITE: u16 = 2;
 /// virtio-blk request types and statuses.
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const S_OK: u8 = 0;
+pub const T_IN: u32 = 0;
+pub const T_OUT: u32 = 1;
+pub const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
 /// Where hostile writes go (sectors 8-15), so that one the device
 /// wrongly carries out does not spoil the final read of sectors 0-7.
 const SCRATCH: u64 = 8;
 /// What the status byte holds before the device answers.
-const UNTOUCHED: u8 = 0xff;
+pub const UNTOUCHED: u8 = 0xff;
 /// Addresses no guest has RAM at: far above any RAM, and in the 32-bit
 /// MMIO hole (3-4 GiB, no RAM on kiln, Firecracker or QEMU microvm).
 const OUTSIDE_RAM: u64 = 0x7fff_0000_0000;
@@ -61,15 +61,15 @@ const IN_MMIO_HOLE: u64 = 0xc000_1000;
 
 /// The pool pages: descriptor table, avail ring, used ring, request
 /// header and status, data (8 sectors).
-const PAGES: usize = 5;
+pub const PAGES: usize = 5;
 const DESC: usize = 0x0000;
 const AVAIL: usize = 0x1000;
 const USED: usize = 0x2000;
-const HEADER: usize = 0x3000;
-const STATUS: usize = 0x3100;
-const DATA: usize = 0x4000;
-const DATA_LEN: u32 = 4096;
-const DATA_SECTORS: u64 = 8;
+pub const HEADER: usize = 0x3000;
+pub const STATUS: usize = 0x3100;
+pub const DATA: usize = 0x4000;
+pub const DATA_LEN: u32 = 4096;
+pub const DATA_SECTORS: u64 = 8;
 
 /// What a case must get.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -90,27 +90,28 @@ enum Expect {
     ErrorInLastWritableOrNothing,
 }
 
-/// A virtqueue driven by hand.
-struct RawQueue {
-    dev: Device,
-    mem: NonNull<u8>,
-    avail_idx: u16,
-    used_idx: u16,
+/// A virtqueue driven by hand (also used by src/inflight.rs): its rings
+/// in the first three of `mem`'s pages, at least [`PAGES`] of them.
+pub struct RawQueue {
+    pub dev: Device,
+    pub mem: NonNull<u8>,
+    pub avail_idx: u16,
+    pub used_idx: u16,
 }
 
 impl RawQueue {
     /// The physical (= virtual) address of an offset in our pages.
-    fn addr(&self, offset: usize) -> u64 {
+    pub fn addr(&self, offset: usize) -> u64 {
         self.mem.as_ptr() as u64 + offset as u64
     }
 
-    fn ptr<T>(&self, offset: usize) -> *mut T {
-        // SAFETY: callers pass offsets inside the PAGES pages.
+    pub fn ptr<T>(&self, offset: usize) -> *mut T {
+        // SAFETY: callers pass offsets inside the pages they allocated.
         unsafe { self.mem.as_ptr().add(offset) as *mut T }
     }
 
     /// Writes descriptor `i` (any index below 256: the table has room).
-    fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    pub fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
         assert!(i < 256);
         let d = self.ptr::<u8>(DESC + 16 * usize::from(i));
         // SAFETY: inside the descriptor table page; volatile because the
@@ -125,20 +126,25 @@ impl RawQueue {
 
     /// Writes the request header (type, reserved, sector).
     fn header(&self, type_: u32, sector: u64) {
+        self.header_at(HEADER, type_, sector);
+    }
+
+    /// Writes a request header at `offset`.
+    pub fn header_at(&self, offset: usize, type_: u32, sector: u64) {
         // SAFETY: the header lives in our pages.
         unsafe {
-            self.ptr::<u32>(HEADER).write_volatile(type_);
-            self.ptr::<u32>(HEADER + 4).write_volatile(0);
-            self.ptr::<u64>(HEADER + 8).write_volatile(sector);
+            self.ptr::<u32>(offset).write_volatile(type_);
+            self.ptr::<u32>(offset + 4).write_volatile(0);
+            self.ptr::<u64>(offset + 8).write_volatile(sector);
         }
     }
 
-    fn status_byte(&self) -> u8 {
+    pub fn status_byte(&self) -> u8 {
         // SAFETY: in our pages; the device may have written it.
         unsafe { self.ptr::<u8>(STATUS).read_volatile() }
     }
 
-    fn data(&mut self) -> &mut [u8] {
+    pub fn data(&mut self) -> &mut [u8] {
         // SAFETY: the data page is ours; the device is not using it while
         // no request is in flight, which is when callers look.
         unsafe { core::slice::from_raw_parts_mut(self.ptr::<u8>(DATA), DATA_LEN as usize) }
@@ -146,7 +152,7 @@ impl RawQueue {
 
     /// Resets the device and sets up queue 0 with our rings (virtio 1.2,
     /// 3.1.1 and 4.2.3.2).
-    fn init(&mut self, clock: &Clock) -> CheckResult {
+    pub fn init(&mut self, clock: &Clock) -> CheckResult {
         let dev = self.dev;
         dev.write(reg::STATUS, 0);
         let deadline = clock.deadline(TIMEOUT_MS);
@@ -204,7 +210,14 @@ impl RawQueue {
     /// device to use it: `Some((id, len))`, or `None` after the timeout or
     /// as soon as the device sets DEVICE_NEEDS_RESET (polled every
     /// millisecond: each look is a VM exit).
-    fn submit(&mut self, head: u16, clock: &Clock) -> Option<(u32, u32)> {
+    pub fn submit(&mut self, head: u16, clock: &Clock) -> Option<(u32, u32)> {
+        self.publish(head);
+        self.dev.write(reg::QUEUE_NOTIFY, 0);
+        self.wait_used(clock, TIMEOUT_MS, 1)
+    }
+
+    /// Makes the chain at `head` available without notifying the device.
+    pub fn publish(&mut self, head: u16) {
         let slot = usize::from(self.avail_idx % QSIZE);
         self.avail_idx = self.avail_idx.wrapping_add(1);
         // SAFETY: avail ring in our pages (flags, idx, ring[QSIZE]).
@@ -214,15 +227,28 @@ impl RawQueue {
             self.ptr::<u16>(AVAIL + 2).write_volatile(self.avail_idx);
         }
         fence(Ordering::SeqCst);
-        self.dev.write(reg::QUEUE_NOTIFY, 0);
-        let deadline = clock.deadline(TIMEOUT_MS);
-        let mut next_look = clock.deadline(1);
+    }
+
+    /// The used ring's index as the device last wrote it.
+    pub fn used_idx_now(&self) -> u16 {
+        // SAFETY: used ring in our pages; the device writes it.
+        unsafe { self.ptr::<u16>(USED + 2).read_volatile() }
+    }
+
+    /// Waits up to `timeout_ms` for the next used element; the device
+    /// status is looked at every `status_ms` (each look is a VM exit).
+    pub fn wait_used(
+        &mut self,
+        clock: &Clock,
+        timeout_ms: u64,
+        status_ms: u64,
+    ) -> Option<(u32, u32)> {
+        let deadline = clock.deadline(timeout_ms);
+        let mut next_look = clock.deadline(status_ms);
         loop {
-            // SAFETY: used ring in our pages (flags, idx, ring[QSIZE] of
-            // {id: u32, len: u32}); the device writes it.
-            let idx = unsafe { self.ptr::<u16>(USED + 2).read_volatile() };
-            if idx != self.used_idx {
+            if self.used_idx_now() != self.used_idx {
                 fence(Ordering::SeqCst);
+                // Used ring: flags, idx, ring[QSIZE] of {id: u32, len: u32}.
                 let at = USED + 4 + 8 * usize::from(self.used_idx % QSIZE);
                 self.used_idx = self.used_idx.wrapping_add(1);
                 // SAFETY: as above.
@@ -240,7 +266,7 @@ impl RawQueue {
                 if self.dev.read(reg::STATUS) & status::NEEDS_RESET != 0 {
                     return None;
                 }
-                next_look = clock.deadline(1);
+                next_look = clock.deadline(status_ms);
             }
             core::hint::spin_loop();
         }
@@ -248,7 +274,7 @@ impl RawQueue {
 }
 
 /// The usual three-descriptor request: header, data, status.
-fn request(q: &RawQueue, type_: u32, sector: u64, data_flags: u16) {
+pub fn request(q: &RawQueue, type_: u32, sector: u64, data_flags: u16) {
     q.header(type_, sector);
     q.desc(0, q.addr(HEADER), 16, NEXT, 1);
     q.desc(1, q.addr(DATA), DATA_LEN, data_flags | NEXT, 2);
@@ -495,15 +521,25 @@ fn run_cases(ctx: &Context, q: &mut RawQueue, clock: &Clock) -> CheckResult {
 
 /// The blk pattern for sectors 0-7.
 fn fill(seed: u64, data: &mut [u8]) {
+    fill_from(seed, 0, data);
+}
+
+/// The blk pattern for the sectors from `first` on.
+pub fn fill_from(seed: u64, first: u64, data: &mut [u8]) {
     for (i, word) in data.chunks_exact_mut(8).enumerate() {
-        let (s, w) = (i as u64 / 64, i as u64 % 64);
+        let (s, w) = (first + i as u64 / 64, i as u64 % 64);
         word.copy_from_slice(&blk::pattern(seed, s, w).to_le_bytes());
     }
 }
 
 fn check_data(seed: u64, data: &[u8]) -> Result<(), Fail> {
+    check_data_from(seed, 0, data)
+}
+
+/// Whether `data` holds the blk pattern for the sectors from `first` on.
+pub fn check_data_from(seed: u64, first: u64, data: &[u8]) -> Result<(), Fail> {
     for (i, word) in data.chunks_exact(8).enumerate() {
-        let (s, w) = (i as u64 / 64, i as u64 % 64);
+        let (s, w) = (first + i as u64 / 64, i as u64 % 64);
         let got = u64::from_le_bytes(word.try_into().unwrap());
         ensure!(
             got == blk::pattern(seed, s, w),

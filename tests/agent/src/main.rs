@@ -10,6 +10,7 @@
 //! - virtio.rs (finding virtio-mmio devices, opening disks), hal.rs
 //!   (virtio-drivers' DMA pool), blk.rs (the `blk-*` checks through
 //!   virtio-drivers), hostile.rs (`blk-hostile`: broken chains by hand),
+//!   inflight.rs (`blk-inflight`: a write in flight across a snapshot),
 //!   irq.rs (`irq`: IOAPIC and LAPIC set-up, interrupt counting);
 //! - net.rs (virtio-net through virtio-drivers, Ethernet/ARP/IPv4/UDP/ICMP
 //!   by hand), netcheck.rs (the `net-*` checks and their UDP protocol);
@@ -32,6 +33,7 @@ mod checks;
 mod cmdline;
 mod hal;
 mod hostile;
+mod inflight;
 mod io;
 mod irq;
 mod mem;

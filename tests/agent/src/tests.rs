@@ -27,12 +27,14 @@ pub const TESTS: &[(&str, Test)] = &[
     ("selftest", selftest),
     ("boottime", boottime),
     ("probe", probe),
-    // virtio-blk through virtio-drivers (src/blk.rs) and by hand (src/hostile.rs).
+    // virtio-blk through virtio-drivers (src/blk.rs) and by hand (src/hostile.rs,
+    // src/inflight.rs).
     ("blk-rw", crate::blk::blk_rw),
     ("blk-flush", crate::blk::blk_flush),
     ("blk-ro", crate::blk::blk_ro),
     ("blk-id", crate::blk::blk_id),
     ("blk-hostile", crate::hostile::blk_hostile),
+    ("blk-inflight", crate::inflight::blk_inflight),
     // virtio-net through virtio-drivers, frames by hand (src/netcheck.rs).
     ("net-ping", crate::netcheck::net_ping),
     ("net-bulk", crate::netcheck::net_bulk),
