@@ -23,19 +23,13 @@ runs=${1:-5}
 [ "$(id -u)" = 0 ] || die "needs root (podman import, unshare, mkfs of the Debian image); run with sudo"
 timeout=${KILN_BENCH_TIMEOUT:-600}
 
-for p in podman runc; do
-    dpkg -s "$p" >/dev/null 2>&1 ||
-        run_logged /tmp/kiln-bench-apt.log apt-get install -y -q --no-install-recommends podman runc ||
-        die "could not install podman and runc"
-done
 kiln=${KILN:-target/release/kiln}
 cargo build --release -q
 ./resources/guests.sh >/dev/null
 
 work=$(mktemp -d /var/tmp/kiln-bench-sandbox.XXXXXX)
 image_tag=localhost/kiln-bench-debian:$$
-conf=$work/containers.conf
-podman_=(env "CONTAINERS_CONF=$conf" podman --runtime runc --cgroup-manager cgroupfs)
+podman_prepare "$work"
 cleanup() {
     "${podman_[@]}" rmi -f "$image_tag" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -43,7 +37,6 @@ cleanup() {
 trap cleanup EXIT
 trap "exit 130" INT
 trap "exit 143" TERM
-printf '[containers]\ndefault_ulimits = []\n' >"$conf"
 
 echo "preparing: the Debian image and its tree, the podman image" >&2
 image=$work/debian-root.ext4

@@ -138,3 +138,18 @@ sandbox_marks() {
         sed -n "s/.*sandbox: ${kv#*=} at \([0-9.]*\) s.*/\1/p" "$log" >>"$prefix.${kv%%=*}"
     done
 }
+
+# podman_prepare WORK: install podman and runc if missing and set the
+# array `podman_` to podman with the settings it needs on the nested test
+# hosts (../shared/PLATFORM.md): runc (crun refuses the hybrid cgroup
+# tree), cgroupfs, and a containers.conf in WORK without default ulimits.
+podman_prepare() {
+    local p
+    for p in podman runc; do
+        dpkg -s "$p" >/dev/null 2>&1 ||
+            run_logged /tmp/kiln-bench-apt.log apt-get install -y -q --no-install-recommends podman runc ||
+            die "could not install podman and runc"
+    done
+    printf '[containers]\ndefault_ulimits = []\n' >"$1/containers.conf"
+    podman_=(env "CONTAINERS_CONF=$1/containers.conf" podman --runtime runc --cgroup-manager cgroupfs)
+}

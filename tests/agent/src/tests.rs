@@ -27,6 +27,7 @@ pub const TESTS: &[(&str, Test)] = &[
     ("selftest", selftest),
     ("boottime", boottime),
     ("probe", probe),
+    ("wait", wait),
     // virtio-blk through virtio-drivers (src/blk.rs) and by hand (src/hostile.rs,
     // src/inflight.rs).
     ("blk-rw", crate::blk::blk_rw),
@@ -192,6 +193,25 @@ const BOOT_TIMER_MAGIC: u8 = 123;
 fn boottime(_: &Context) -> CheckResult {
     // SAFETY: the boot timer is an MMIO device in the identity map.
     unsafe { io::mmio_write8(BOOT_TIMER, BOOT_TIMER_MAGIC) };
+    Ok(())
+}
+
+// ---- wait -----------------------------------------------------------------
+
+/// `wait`: prints `AGENT: wait for a byte on the console` and passes when
+/// one arrives (within `agent.wait_ms`, default 600 s). The benchmarks use
+/// it to look at a running VMM from outside (its memory, a snapshot) and
+/// to time a restored guest's first answer.
+fn wait(ctx: &Context) -> CheckResult {
+    let ms = cmdline::get(ctx.cmdline, "agent.wait_ms")
+        .and_then(cmdline::number)
+        .unwrap_or(600_000);
+    let clock = crate::time::Clock::new(ctx.cmdline);
+    println!("AGENT: wait for a byte on the console");
+    ensure!(
+        crate::serial::read_byte(clock.deadline(ms)).is_some(),
+        "nothing arrived on the console within {ms} ms"
+    );
     Ok(())
 }
 

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Measure a VMM process from outside, the same way for every VMM.
+
+Used by resources/bench.sh; each mode prints one line of KEY=VALUE pairs.
+
+  vmprobe.py first PATTERN [--poke] [--timeout S] -- CMD...
+      Wall seconds from starting CMD to the first line of its stdout that
+      contains PATTERN (first_s) and its exit status. (Not its peak RSS:
+      wait4's counts the Python process it was forked from.) With --poke a byte is written to CMD's stdin every 2 ms
+      until PATTERN shows (for a restored guest waiting on its console).
+      After PATTERN, one byte is written to stdin and stdin is closed.
+
+  vmprobe.py memory PATTERN GUEST_MIB [--timeout S] -- CMD...
+      Once PATTERN shows, reads /proc/PID: VmRSS, VmHWM, and the resident
+      part of the guest's RAM (the largest mapping of at least GUEST_MIB);
+      overhead_kib = VmHWM - guest_touched_kib. Then writes a byte to stdin.
+
+  vmprobe.py qemu-save PATTERN QMP_SOCKET FILE [--timeout S] -- CMD...
+      Starts QEMU (CMD must include -qmp unix:QMP_SOCKET,server=on,wait=off),
+      waits for PATTERN, migrates the running VM to FILE and quits
+      (save_s: the stop + migrate time).
+
+The process measured is CMD itself (no wrapper), so RSS figures are the
+VMM's. A run that does not show PATTERN within the timeout is killed and
+reported with first_s=- and the last line it printed.
+"""
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+
+def spawn(cmd):
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+class Watch:
+    """Reads a process's stdout and stderr in threads, remembering the
+    time the first stdout line containing a pattern arrived."""
+
+    def __init__(self, proc, pattern):
+        self.proc, self.pattern = proc, pattern.encode()
+        self.found = threading.Event()
+        self.eof = threading.Event()
+        self.at = None
+        self.last = b""
+        self.err = []
+        threading.Thread(target=self._out, daemon=True).start()
+        threading.Thread(target=self._err, daemon=True).start()
+
+    def _out(self):
+        for line in self.proc.stdout:
+            if line.strip():
+                self.last = line.strip()
+            if not self.found.is_set() and self.pattern in line:
+                self.at = time.monotonic()
+                self.found.set()
+        self.eof.set()
+
+    def wait(self, timeout):
+        """Until the pattern shows or stdout ends: whether it showed."""
+        deadline = time.monotonic() + timeout
+        while not self.found.wait(0.01) and not self.eof.is_set():
+            if time.monotonic() > deadline:
+                break
+        return self.found.is_set()
+
+    def _err(self):
+        for line in self.proc.stderr:
+            self.err.append(line.strip())
+            del self.err[:-20]
+
+
+def send(proc, data, close=False):
+    try:
+        proc.stdin.write(data)
+        proc.stdin.flush()
+        if close:
+            proc.stdin.close()
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+
+
+def reap(proc, timeout):
+    """Waits for the process, killing it after `timeout`: its exit code."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill(proc)
+        return proc.wait()
+
+
+def kill(proc):
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+
+
+def why(w):
+    """The reason a run failed: an error line on stderr, else the last line
+    it printed."""
+    errors = [e for e in w.err if b"error" in e.lower()]
+    text = (errors[0] if errors else w.last or (w.err[-1] if w.err else b"no output")).decode(
+        "utf-8", "replace"
+    )
+    return re.sub(r"\s+", "_", text)[:160]
+
+
+def first(pattern, cmd, timeout, poke):
+    t0 = time.monotonic()
+    proc = spawn(cmd)
+    w = Watch(proc, pattern)
+    if poke:
+        while not w.found.wait(0.002) and not w.eof.is_set():
+            if time.monotonic() - t0 > timeout:
+                break
+            send(proc, b"x")
+    if w.wait(timeout):
+        send(proc, b"x", close=True)
+    else:
+        kill(proc)
+    code = reap(proc, timeout)
+    if not w.found.is_set():
+        return f"first_s=- exit={code} why={why(w)}"
+    return f"first_s={w.at - t0:.6f} exit={code}"
+
+
+def status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def guest_touched_kib(pid, guest_kib):
+    """Rss of the largest mapping at least guest_kib big (guest RAM)."""
+    best = (0, 0)
+    size = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif line.startswith("Rss:") and size is not None:
+                if size >= guest_kib and size > best[0]:
+                    best = (size, int(line.split()[1]))
+                size = None
+    return best[1]
+
+
+def memory(pattern, guest_mib, cmd, timeout):
+    proc = spawn(cmd)
+    w = Watch(proc, pattern)
+    if not w.wait(timeout):
+        kill(proc)
+        code = reap(proc, timeout)
+        return f"overhead_kib=- exit={code} why={why(w)}"
+    time.sleep(0.2)  # let start-up settle
+    rss = status_kib(proc.pid, "VmRSS")
+    hwm = status_kib(proc.pid, "VmHWM")
+    guest = guest_touched_kib(proc.pid, guest_mib * 1024)
+    send(proc, b"x", close=True)
+    code = reap(proc, timeout)
+    return (
+        f"overhead_kib={hwm - guest} rss_kib={rss} hwm_kib={hwm} "
+        f"guest_touched_kib={guest} exit={code}"
+    )
+
+
+def qmp(path, commands):
+    """Runs QMP commands; returns the last answer."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    f = s.makefile("rwb")
+    f.readline()  # greeting
+    answer = None
+    for c in ["qmp_capabilities"] + commands:
+        if isinstance(c, str):
+            c = {"execute": c}
+        f.write(json.dumps(c).encode() + b"\n")
+        f.flush()
+        while True:
+            answer = json.loads(f.readline())
+            if "return" in answer or "error" in answer:
+                break
+    s.close()
+    return answer
+
+
+def qemu_save(pattern, sock, path, cmd, timeout):
+    proc = spawn(cmd)
+    w = Watch(proc, pattern)
+    if not w.wait(timeout):
+        kill(proc)
+        code = reap(proc, timeout)
+        return f"save_s=- exit={code} why={why(w)}"
+    t0 = time.monotonic()
+    qmp(sock, [{"execute": "migrate", "arguments": {"uri": f"exec:cat > {path}"}}])
+    state = "?"
+    while time.monotonic() - t0 < timeout:
+        state = qmp(sock, ["query-migrate"]).get("return", {}).get("status", "?")
+        if state in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.01)
+    t1 = time.monotonic()
+    qmp(sock, ["quit"])
+    code = reap(proc, timeout)
+    if state != "completed":
+        return f"save_s=- exit={code} why=migration_{state}"
+    return f"save_s={t1 - t0:.6f} exit={code}"
+
+
+def main(argv):
+    if "--" not in argv:
+        sys.exit(__doc__)
+    i = argv.index("--")
+    opts, cmd = argv[1:i], argv[i + 1:]
+    timeout = 120.0
+    if "--timeout" in opts:
+        j = opts.index("--timeout")
+        timeout = float(opts[j + 1])
+        del opts[j:j + 2]
+    poke = "--poke" in opts
+    opts = [o for o in opts if o != "--poke"]
+    mode, args = opts[0], opts[1:]
+    if mode == "first" and len(args) == 1:
+        print(first(args[0], cmd, timeout, poke))
+    elif mode == "memory" and len(args) == 2:
+        print(memory(args[0], int(args[1]), cmd, timeout))
+    elif mode == "qemu-save" and len(args) == 3:
+        print(qemu_save(args[0], args[1], args[2], cmd, timeout))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
