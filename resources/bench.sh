@@ -31,6 +31,9 @@ kiln=${KILN:-target/release/kiln}
 probe_py=resources/lib/vmprobe.py
 
 command -v qemu-system-x86_64 >/dev/null || ./resources/setup-host.sh >/dev/null
+command -v fio >/dev/null ||
+    run_logged /tmp/kiln-bench-apt.log apt-get install -y -q --no-install-recommends fio ||
+    die "could not install fio"
 cargo build --release -q
 agent=$(tests/agent/build.sh 2>/dev/null)
 ./resources/guests.sh >/dev/null
@@ -54,6 +57,7 @@ trap "exit 143" TERM
 export KILN_CACHE_DIR=$work/cache
 results=$work/results
 mkdir "$results"
+truncate -s 64M "$work/disk.img"
 
 # The host's KVM: hardware, or the nested emulating kind of the test hosts.
 if [ -d /sys/module/kvm_pvm ]; then
@@ -67,18 +71,20 @@ fi
 qemu=(qemu-system-x86_64 -M microvm,acpi=off -accel kvm -smp 1 -m 128 -nodefaults
     -no-user-config -nographic -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=4)
 
-# probe NAME KEY SCALE VMPROBE-ARGS...: runs vmprobe.py; appends KEY's
-# value times SCALE to $results/NAME, or the line to $results/NAME.failed.
+# probe NAME VMPROBE-ARGS...: runs vmprobe.py; appends each KEY=NUMBER it
+# prints to $results/NAME.KEY, or, without the key the mode is about
+# (first_s, overhead_kib), the line to $results/NAME.failed.
 probe() {
-    local name=$1 key=$2 scale=$3 line v
-    shift 3
+    local name=$1 line kv
+    shift
     line=$(python3 "$probe_py" "$@" 2>&1 | tail -n 1) || true
-    v=$(grep -o "\b$key=[0-9.]*" <<<"$line" | cut -d= -f2 || true)
-    if [ -n "$v" ]; then
-        echo "$v * $scale" | bc -l >>"$results/$name"
-    else
+    if ! grep -qE '\b(first_s|overhead_kib)=[0-9]' <<<"$line"; then
         echo "$line" >>"$results/$name.failed"
+        return
     fi
+    for kv in $(grep -oE '\b[a-z_]+=[0-9.]+' <<<"$line"); do
+        echo "${kv#*=}" >>"$results/$name.${kv%%=*}"
+    done
 }
 
 # timed NAME CMD...: wall seconds of CMD, which must exit 0.
@@ -93,6 +99,43 @@ timed() {
     else
         echo "exit $rc: $(tail -n 1 "$work/err")" >>"$results/$name.failed"
     fi
+}
+
+# agent_keys NAME CMD...: runs a VMM with the test agent and appends each
+# KEY=NUMBER of its `AGENT: blk-bench` line to $results/NAME.KEY.
+agent_keys() {
+    local name=$1 line kv
+    shift
+    line=$(timeout "$timeout" "$@" 2>"$work/err" </dev/null | grep -a 'AGENT: blk-bench' | tail -n 1) || true
+    if [ -z "$line" ]; then
+        echo "no blk-bench line: $(tail -n 1 "$work/err")" >>"$results/$name.failed"
+        return
+    fi
+    for kv in $(grep -oE '\b[a-z0-9_]+=[0-9.]+' <<<"$line"); do
+        echo "${kv#*=}" >>"$results/$name.${kv%%=*}"
+    done
+}
+
+# host_blk NAME IMAGE: the agent's blk-bench patterns with fio on IMAGE on
+# the host (buffered, as kiln's pread/pwrite; psync at one in flight,
+# io_uring at 16), into $results/NAME.KEY.
+host_blk() {
+    local name=$1 img=$2 spec n rw bs qd eng extra
+    for spec in seq_write_mib_s:write:256k:4 seq_read_mib_s:read:256k:4 \
+        randread_qd1_iops:randread:4k:1 randwrite_qd1_iops:randwrite:4k:1 \
+        randread_deep_iops:randread:4k:16 randwrite_deep_iops:randwrite:4k:16; do
+        IFS=: read -r n rw bs qd <<<"$spec"
+        eng=psync extra=()
+        [ "$qd" = 1 ] || eng=io_uring
+        [[ $rw == rand* ]] && extra=(--number_ios=2000)
+        fio --name="$n" --filename="$img" --rw="$rw" --bs="$bs" --iodepth="$qd" --ioengine="$eng" \
+            --size=64M "${extra[@]}" --output-format=json 2>/dev/null |
+            python3 -c 'import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+d = j["read"] if j["read"]["io_bytes"] else j["write"]
+print(round(d["bw"] / 1024, 2) if sys.argv[1].endswith("mib_s") else round(d["iops"]))' "$n" \
+            >>"$results/$name.$n" || echo "fio $n failed" >>"$results/$name.failed"
+    done
 }
 
 echo "preparing: snapshots of the waiting test agent, the sandbox template, the podman image" >&2
@@ -121,35 +164,42 @@ cmdline=$("$kiln" run --kernel "$agent" --cmdline agent.test=boottime 2>&1 >/dev
 for i in $(seq "$runs"); do
     echo "round $i/$runs" >&2
     # 1. Start to the guest's first console line.
-    probe start-kiln first_s 1000 first "AGENT: start" -- \
+    probe start-kiln first "AGENT: start" -- \
         "$kiln" run --memory 128M --kernel "$agent" --cmdline agent.test=selftest
-    probe start-qemu first_s 1000 first "AGENT: start" -- \
+    probe start-qemu first "AGENT: start" -- \
         "${qemu[@]}" -kernel "$agent" -append agent.test=selftest
     # 3. A snapshot restored to the guest's first answer.
-    [ -d "$work/kiln-snap" ] && probe restore-kiln first_s 1000 first --poke "check wait ok" -- \
+    [ -d "$work/kiln-snap" ] && probe restore-kiln first --poke "check wait ok" -- \
         "$kiln" run --restore "$work/kiln-snap"
-    [ -s "$work/qemu.mig" ] && probe restore-qemu first_s 1000 first --poke "check wait ok" -- \
+    [ -s "$work/qemu.mig" ] && probe restore-qemu first --poke "check wait ok" -- \
         "${qemu[@]}" -kernel "$agent" -append agent.test=wait -incoming "exec:cat $work/qemu.mig"
     # 3b. `true` in a fresh sandbox.
     timed sandbox-kiln "$kiln" run -- true
     timed sandbox-podman "${podman_[@]}" run --rm --network=none "$image_tag" true
     timed sandbox-chroot unshare -mpfiun chroot "$work/tree" /bin/true
     # 4. VMM memory: peak RSS minus the guest memory it touched.
-    probe mem-kiln overhead_kib 0.0009765625 memory "AGENT: wait" 128 -- \
+    probe mem-kiln memory "AGENT: wait" 128 -- \
         "$kiln" run --memory 128M --cpus 1 --kernel "$agent" --cmdline agent.test=wait
-    probe mem-qemu overhead_kib 0.0009765625 memory "AGENT: wait" 128 -- \
+    probe mem-qemu memory "AGENT: wait" 128 -- \
         "${qemu[@]}" -kernel "$agent" -append agent.test=wait
+    # 5. virtio-blk from inside the guest, and the same on the host file.
+    agent_keys blk-kiln "$kiln" run --memory 128M --kernel "$agent" --cmdline agent.test=blk-bench \
+        --disk "$work/disk.img"
+    agent_keys blk-qemu "${qemu[@]}" -kernel "$agent" -append agent.test=blk-bench \
+        -global virtio-mmio.force-legacy=false -drive "id=d,file=$work/disk.img,format=raw,if=none" \
+        -device virtio-blk-device,drive=d
+    host_blk blk-host "$work/disk.img"
 done
 
 # 2. Boot to init: kiln a few times, QEMU once (it cannot boot stock
 # Linux on the nested hosts; the table says how the attempt ended).
 for i in $(seq "$boots"); do
     echo "Linux boot $i/$boots" >&2
-    probe boot-kiln first_s 1 first --timeout 600 "KILN-INIT:" -- \
+    probe boot-kiln first --timeout 600 "KILN-INIT:" -- \
         "$kiln" run --memory 128M --kernel "$kernel" --initrd "$initrd" --cmdline "-- true"
 done
 echo "Linux boot under QEMU (one attempt, at most 90 s)" >&2
-probe boot-qemu first_s 1 first --timeout 90 "KILN-INIT:" -- \
+probe boot-qemu first --timeout 90 "KILN-INIT:" -- \
     "${qemu[@]}" -no-reboot -kernel "$kernel" -initrd "$initrd" -append "$cmdline -- true"
 
 # 4b. Memory of clones of one template, each running sleep.
@@ -176,43 +226,64 @@ wait 2>/dev/null || true
 pids=()
 
 # ---- the table ----------------------------------------------------------
-med() { if [ -s "$results/$1" ]; then median "${2:-3}" <"$results/$1"; else echo -; fi; }
-# cell NAME [DECIMALS]: the median, or why there is none.
-cell() {
+# med FILE [DECIMALS] [SCALE]: the median of FILE's numbers times SCALE.
+med() {
     if [ -s "$results/$1" ]; then
-        med "$1" "${2:-3}"
-    elif [ -s "$results/$1.failed" ]; then
+        awk -v k="${3:-1}" '{print $1 * k}' "$results/$1" | median "${2:-3}"
+    else
+        echo -
+    fi
+}
+# cell NAME.KEY [DECIMALS] [SCALE]: the median, or why there is none.
+cell() {
+    local why
+    if [ -s "$results/$1" ]; then
+        med "$@"
+    elif [ -s "$results/${1%%.*}.failed" ]; then
         # vmprobe.py's why= (spaces made underscores), else the whole line.
-        local why
-        why=$(head -n 1 "$results/$1.failed")
+        why=$(head -n 1 "$results/${1%%.*}.failed")
         [[ $why == *why=* ]] && why=$(sed 's/.*why=//; s/_/ /g' <<<"$why")
         echo "no result: $(cut -c1-140 <<<"$why")"
     else
         echo "-"
     fi
 }
+# ratio A B: B's median divided by A's (for times and sizes: above 1,
+# kiln is better); ratio A B rate: A's divided by B's (for rates).
 ratio() {
     local a b
     a=$(med "$1") b=$(med "$2")
+    [ "${3:-}" = rate ] && { local t=$a; a=$b; b=$t; }
     if [[ $a =~ ^[0-9.]+$ && $b =~ ^[0-9.]+$ ]] && [ "$(echo "$a > 0" | bc -l)" = 1 ]; then
         printf '%.1fx' "$(echo "$b / $a" | bc -l)"
     else
         echo "-"
     fi
 }
+ms=1000 mib=0.0009765625
 
 echo
 echo "kiln beside QEMU microvm and containers ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r);"
 echo "KVM: $kvm_kind; $(qemu-system-x86_64 --version | head -n 1); medians of $runs rounds, Linux boots $boots):"
 echo
-echo "| # | what is measured | kiln | QEMU microvm (KVM) | QEMU / kiln | others |"
+echo "| # | what is measured | kiln | QEMU microvm (KVM) | kiln's lead (>1: kiln better) | others |"
 echo "|---|---|---|---|---|---|"
-echo "| 1 | VMM start to the guest's first console line (test agent, ms) | $(cell start-kiln 1) | $(cell start-qemu 1) | $(ratio start-kiln start-qemu) | |"
-echo "| 2 | VMM start to init's first line (minimal Linux 6.1 + initramfs, s) | $(cell boot-kiln 1) | $(cell boot-qemu 1) | $(ratio boot-kiln boot-qemu) | |"
-echo "| 3 | snapshot restored to the guest's first answer on its console (test agent, ms) | $(cell restore-kiln 1) | $(cell restore-qemu 1) | $(ratio restore-kiln restore-qemu) | |"
+echo "| 1 | VMM start to the guest's first console line (test agent, ms) | $(cell start-kiln.first_s 1 $ms) | $(cell start-qemu.first_s 1 $ms) | $(ratio start-kiln.first_s start-qemu.first_s) | |"
+echo "| 2 | VMM start to init's first line (minimal Linux 6.1 + initramfs, s) | $(cell boot-kiln.first_s 1) | $(cell boot-qemu.first_s 1) | $(ratio boot-kiln.first_s boot-qemu.first_s) | |"
+echo "| 3 | snapshot restored to the guest's first answer on its console (test agent, ms) | $(cell restore-kiln.first_s 1 $ms) | $(cell restore-qemu.first_s 1 $ms) | $(ratio restore-kiln.first_s restore-qemu.first_s) | |"
 echo "| 3b | \`true\` in a fresh sandbox, end to end (s; kiln from its template) | $(cell sandbox-kiln 2) | no sandbox mode | | podman run --rm: $(cell sandbox-podman 3); unshare+chroot: $(cell sandbox-chroot 3) |"
-echo "| 4 | VMM memory overhead: peak RSS minus guest memory touched (1 vCPU, 128 MiB, MiB) | $(cell mem-kiln 1) | $(cell mem-qemu 1) | $(ratio mem-kiln mem-qemu) | |"
+echo "| 4 | VMM memory overhead: peak RSS minus guest memory touched (1 vCPU, 128 MiB, MiB) | $(cell mem-kiln.overhead_kib 1 $mib) | $(cell mem-qemu.overhead_kib 1 $mib) | $(ratio mem-kiln.overhead_kib mem-qemu.overhead_kib) | |"
+echo "| 4a | of row 4, the VMM's own anonymous memory (heap, stacks, buffers; the rest is its binary's and libraries' file pages, which every process running them shares; MiB) | $(cell mem-kiln.anon_kib 2 $mib) | $(cell mem-qemu.anon_kib 2 $mib) | $(ratio mem-kiln.anon_kib mem-qemu.anon_kib) | |"
 echo "| 4b | $clones sandboxes from one template, RSS / PSS summed (MiB) | $((rss_sum / 1024)) / $((pss_sum / 1024)) | no sandbox mode | | |"
+for r in "seq_write_mib_s|5a|virtio-blk sequential write, 256 KiB requests, 4 in flight (MiB/s)" \
+    "seq_read_mib_s|5b|virtio-blk sequential read, 256 KiB requests, 4 in flight (MiB/s)" \
+    "randread_qd1_iops|5c|virtio-blk 4 KiB random reads, 1 in flight (IOPS)" \
+    "randwrite_qd1_iops|5d|virtio-blk 4 KiB random writes, 1 in flight (IOPS)" \
+    "randread_deep_iops|5e|virtio-blk 4 KiB random reads, 16 in flight (IOPS)" \
+    "randwrite_deep_iops|5f|virtio-blk 4 KiB random writes, 16 in flight (IOPS)"; do
+    IFS='|' read -r key num what <<<"$r"
+    echo "| $num | $what | $(cell "blk-kiln.$key" 0) | $(cell "blk-qemu.$key" 0) | $(ratio "blk-kiln.$key" "blk-qemu.$key" rate) | host file (fio): $(cell "blk-host.$key" 0); kiln / host $(ratio "blk-kiln.$key" "blk-host.$key" rate | sed 's/x$//') |"
+done
 echo
 echo "Rows 1, 3 and 4 boot the test agent in both VMMs (each with its own minimal machine;"
 echo "QEMU: microvm, acpi=off, KVM). Row 3: kiln run --restore of a kiln snapshot vs QEMU -incoming"
@@ -220,6 +291,8 @@ echo "from a migration file, both of the agent waiting on its console; the time 
 echo "VMM's start to the agent's answer to a byte sent every 2 ms. Row 2: init's first line on the"
 echo "console (QEMU gets kiln's default command line for these hosts). Row 3b: the tree of kiln's"
 echo "minimal guest (its initramfs) for podman and chroot. Row 4b: kiln run -- sleep, ${clones} at once."
+echo "Rows 5: the test agent's blk-bench (ring 3, through virtio-drivers) on a 64 MiB image file,"
+echo "2000 random requests; kiln's and QEMU's default caching (the host's page cache), fio on the same file."
 echo "Row 2 under QEMU: one attempt, killed after 90 s; the cell gives the last console line."
 echo "The sandbox template was made by one boot: $(cell template-boot 1) s."
 for f in "$results"/*.failed; do

@@ -306,6 +306,39 @@ fn a_failing_blk_check_fails_the_report() {
     o.check(r.done == Some((0, 2)), "done line counts two failures");
 }
 
+/// `blk-bench` (used by resources/bench.sh) completes every pattern and
+/// prints a positive figure for each.
+#[test]
+fn the_blk_benchmark_reports_every_figure() {
+    let dir = scratch("bench");
+    let img = dir.join("bench.img");
+    empty_image(&img, 4 << 20);
+    let (o, r) = run_agent(
+        "agent.test=blk-bench agent.bench_requests=64",
+        &[disk_arg(&img, "")],
+    );
+    passed(&o, &r, &["blk-bench"]);
+    let info = agent::info(&o.stdout, "blk-bench").expect("blk-bench info line");
+    for key in [
+        "seq_write_mib_s",
+        "seq_read_mib_s",
+        "randread_qd1_iops",
+        "randwrite_qd1_iops",
+        "randread_deep_iops",
+        "randwrite_deep_iops",
+    ] {
+        let v: f64 = info
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        o.check(v > 0.0, &format!("{key} is a positive number: {info:?}"));
+    }
+    o.check(
+        info.get("deep_qd").map(String::as_str) == Some("16"),
+        "16 requests in flight (kiln offers indirect descriptors)",
+    );
+}
+
 /// The same agent under QEMU microvm (installed by resources/setup-host.sh;
 /// TCG, a few tenths of a second): virtio-drivers and QEMU's virtio-blk
 /// agree, which validates the agent independently of kiln. QEMU puts the

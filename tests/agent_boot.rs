@@ -96,3 +96,26 @@ fn a_crashing_guest_fails_the_report() {
         o.check(r.done.is_none(), &format!("{test}: no done line"));
     }
 }
+
+/// `wait` (used by resources/bench.sh) waits for a console byte and passes
+/// when one comes; without one it fails after `agent.wait_ms`.
+#[test]
+fn the_wait_check_answers_a_console_byte() {
+    let elf = agent::build();
+    let mut cmd = common::kiln();
+    cmd.args(["run", "--kernel", elf.to_str().unwrap(), "--cmdline"])
+        .arg("agent.test=wait");
+    let mut vm = common::Running::start(cmd);
+    let waiting = vm.wait_for_stdout("AGENT: wait for a byte", TIMEOUT);
+    vm.send(b"x");
+    let o = vm.wait(TIMEOUT);
+    let r = agent::Report::parse(&o.stdout);
+    o.check(waiting, "the agent said it waits");
+    o.check(r.check("wait") == Some(None), &r.summary());
+
+    let (o, r) = run_agent("agent.test=wait agent.wait_ms=100");
+    o.check(
+        matches!(r.check("wait"), Some(Some(why)) if why.contains("within 100 ms")),
+        "without a byte the check fails after agent.wait_ms",
+    );
+}

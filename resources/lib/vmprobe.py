@@ -13,7 +13,10 @@ Used by resources/bench.sh; each mode prints one line of KEY=VALUE pairs.
   vmprobe.py memory PATTERN GUEST_MIB [--timeout S] -- CMD...
       Once PATTERN shows, reads /proc/PID: VmRSS, VmHWM, and the resident
       part of the guest's RAM (the largest mapping of at least GUEST_MIB);
-      overhead_kib = VmHWM - guest_touched_kib. Then writes a byte to stdin.
+      overhead_kib = VmHWM - guest_touched_kib; anon_kib: the VMM's own
+      anonymous memory (heap, stacks, buffers: what each more VM costs),
+      without the file pages of its binary and libraries, which every
+      process running them shares. Then writes a byte to stdin.
 
   vmprobe.py qemu-save PATTERN QMP_SOCKET FILE [--timeout S] -- CMD...
       Starts QEMU (CMD must include -qmp unix:QMP_SOCKET,server=on,wait=off),
@@ -144,18 +147,31 @@ def status_kib(pid, key):
 
 
 def guest_touched_kib(pid, guest_kib):
-    """Rss of the largest mapping at least guest_kib big (guest RAM)."""
-    best = (0, 0)
-    size = None
+    """Rss and Anonymous of the largest mapping at least guest_kib big
+    (guest RAM)."""
+    best = (0, 0, 0)
+    cur = None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
-            if line.startswith("Size:"):
-                size = int(line.split()[1])
-            elif line.startswith("Rss:") and size is not None:
-                if size >= guest_kib and size > best[0]:
-                    best = (size, int(line.split()[1]))
-                size = None
-    return best[1]
+            key, _, rest = line.partition(":")
+            if key == "Size":
+                cur = [int(rest.split()[0]), 0, 0]
+            elif key == "Rss" and cur:
+                cur[1] = int(rest.split()[0])
+            elif key == "Anonymous" and cur:
+                cur[2] = int(rest.split()[0])
+                if cur[0] >= guest_kib and cur[0] > best[0]:
+                    best = tuple(cur)
+                cur = None
+    return best[1], best[2]
+
+
+def rollup_kib(pid, key):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
 
 
 def memory(pattern, guest_mib, cmd, timeout):
@@ -168,11 +184,12 @@ def memory(pattern, guest_mib, cmd, timeout):
     time.sleep(0.2)  # let start-up settle
     rss = status_kib(proc.pid, "VmRSS")
     hwm = status_kib(proc.pid, "VmHWM")
-    guest = guest_touched_kib(proc.pid, guest_mib * 1024)
+    guest, guest_anon = guest_touched_kib(proc.pid, guest_mib * 1024)
+    anon = rollup_kib(proc.pid, "Anonymous") - guest_anon
     send(proc, b"x", close=True)
     code = reap(proc, timeout)
     return (
-        f"overhead_kib={hwm - guest} rss_kib={rss} hwm_kib={hwm} "
+        f"overhead_kib={hwm - guest} anon_kib={anon} rss_kib={rss} hwm_kib={hwm} "
         f"guest_touched_kib={guest} exit={code}"
     )
 

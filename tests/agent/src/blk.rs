@@ -30,13 +30,17 @@ use crate::checks::{CheckResult, Fail};
 use crate::tests::Context;
 use crate::time::{self, Clock};
 use crate::virtio::{self, feature, Disk};
-use crate::{cmdline, ensure, fail, println, serial};
+use crate::{cmdline, ensure, fail, print, println, serial};
 
 /// The room for request buffers: `agent.blk_qd` x `agent.blk_req` must fit.
 const IO_BUF_SIZE: usize = 1 << 20;
 /// At most this many requests in flight (3 descriptors each in
-/// virtio-drivers' 16-entry queue).
-const MAX_QD: usize = 4;
+/// virtio-drivers' 16-entry queue) unless the device offers indirect
+/// descriptors (one each): `blk-bench` uses up to [`BENCH_QD`].
+const MAX_QD: usize = 16;
+/// The default and the limit for `agent.blk_qd` (without indirect
+/// descriptors five 3-descriptor chains fit in the queue).
+const DEFAULT_QD: usize = 4;
 /// A request that takes longer than this counts as lost.
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Where `blk-flush` writes.
@@ -117,11 +121,11 @@ fn request_shape(ctx: &Context) -> Result<(usize, usize), Fail> {
         .map_or(Some(256 << 10), cmdline::size)
         .unwrap_or(0) as usize;
     let qd = cmdline::get(ctx.cmdline, "agent.blk_qd")
-        .map_or(Some(MAX_QD as u64), cmdline::number)
+        .map_or(Some(DEFAULT_QD as u64), cmdline::number)
         .unwrap_or(0) as usize;
     ensure!(
-        size >= SECTOR_SIZE && size.is_multiple_of(SECTOR_SIZE) && (1..=MAX_QD).contains(&qd),
-        "agent.blk_req must be a multiple of 512, agent.blk_qd 1-{MAX_QD}"
+        size >= SECTOR_SIZE && size.is_multiple_of(SECTOR_SIZE) && (1..=DEFAULT_QD).contains(&qd),
+        "agent.blk_req must be a multiple of 512, agent.blk_qd 1-{DEFAULT_QD}"
     );
     ensure!(
         size * qd <= IO_BUF_SIZE,
@@ -137,6 +141,16 @@ enum Dir {
     Write,
 }
 
+/// Which sectors a transfer moves.
+#[derive(Clone, Copy)]
+enum Order {
+    /// `count` sectors from `first`, in order.
+    Seq(u64, u64),
+    /// `requests` requests at random request-aligned places below
+    /// sector `span` (a seeded sequence).
+    Random { span: u64, requests: u64, seed: u64 },
+}
+
 /// A request in flight.
 struct Slot {
     req: BlkReq,
@@ -146,7 +160,7 @@ struct Slot {
     sectors: usize,
 }
 
-/// Moves `count` sectors from `first` with requests of `req_size` bytes,
+/// Moves the sectors `order` names with requests of `req_size` bytes,
 /// `qd` in flight. For writes `produce(sector, buf)` fills each buffer
 /// first; for reads `consume(sector, buf)` sees each buffer when its
 /// request completes (not necessarily in order). Returns the TSC ticks
@@ -156,7 +170,7 @@ fn transfer(
     disk: &mut Disk,
     clock: &Clock,
     dir: Dir,
-    (first, count): (u64, u64),
+    order: Order,
     (req_size, qd): (usize, usize),
     mut produce: impl FnMut(u64, &mut [u8]),
     mut consume: impl FnMut(u64, &[u8]) -> CheckResult,
@@ -175,16 +189,38 @@ fn transfer(
         sector: 0,
         sectors: 0,
     });
-    let (end, per_req) = (first + count, (req_size / SECTOR_SIZE) as u64);
-    let mut next = first;
+    let per_req = (req_size / SECTOR_SIZE) as u64;
+    // The next request: (sector, sectors), or None when all are out.
+    let mut issued = 0;
+    let mut next_request = move || -> Option<(u64, usize)> {
+        let r = match order {
+            Order::Seq(first, count) => {
+                let next = first + issued * per_req;
+                (next < first + count).then(|| (next, per_req.min(first + count - next)))
+            }
+            Order::Random {
+                span,
+                requests,
+                seed,
+            } => (issued < requests).then(|| {
+                let slots = (span / per_req).max(1);
+                (splitmix64(seed ^ issued) % slots * per_req, per_req)
+            }),
+        };
+        issued += 1;
+        r.map(|(s, n)| (s, n as usize))
+    };
+    let mut pending = next_request();
     let t0 = time::now();
     loop {
         // Keep the queue full.
         for (i, slot) in slots[..qd].iter_mut().enumerate() {
-            if slot.token.is_some() || next == end {
+            if slot.token.is_some() {
                 continue;
             }
-            let n = per_req.min(end - next) as usize;
+            let Some((next, n)) = pending else {
+                break;
+            };
             let buf = buffer(i, n);
             // SAFETY: buf, req and resp stay in place and untouched until
             // the request completes below or the device is reset.
@@ -206,7 +242,7 @@ fn transfer(
                 Err(e) => fail!("submitting sector {next} (+{n}): {e}"),
             }
             (slot.sector, slot.sectors) = (next, n);
-            next += n as u64;
+            pending = next_request();
         }
         if slots.iter().all(|s| s.token.is_none()) {
             return Ok(time::now() - t0);
@@ -279,7 +315,7 @@ pub fn blk_rw(ctx: &Context) -> CheckResult {
         &mut disk,
         &clock,
         Dir::Write,
-        (0, cap),
+        Order::Seq(0, cap),
         shape,
         |s, buf| fill(seed, s, buf),
         |_, _| Ok(()),
@@ -288,7 +324,7 @@ pub fn blk_rw(ctx: &Context) -> CheckResult {
         &mut disk,
         &clock,
         Dir::Read,
-        (0, cap),
+        Order::Seq(0, cap),
         shape,
         |_, _| {},
         |s, buf| verify(seed, s, buf),
@@ -325,7 +361,7 @@ pub fn blk_flush(ctx: &Context) -> CheckResult {
         disk.blk.capacity()
     );
     let seed = seed(ctx);
-    let range = (FLUSH_FIRST, FLUSH_SECTORS);
+    let range = Order::Seq(FLUSH_FIRST, FLUSH_SECTORS);
     let shape = (FLUSH_SECTORS as usize * SECTOR_SIZE, 1);
     transfer(
         &mut disk,
@@ -403,7 +439,7 @@ pub fn blk_ro(ctx: &Context) -> CheckResult {
         &mut disk,
         &clock,
         Dir::Read,
-        (0, cap),
+        Order::Seq(0, cap),
         shape,
         |_, _| {},
         |s, buf| {
@@ -442,4 +478,74 @@ pub fn blk_id(ctx: &Context) -> CheckResult {
         "GET_ID returned {got:?}, expected {expected:?}"
     );
     disk.close(&Clock::new(ctx.cmdline))
+}
+
+/// `blk-bench[:N]`, for resources/bench.sh: sequential write and read of
+/// the whole disk (256 KiB requests, 4 in flight) in MiB/s, then
+/// `agent.bench_requests` (default 2000) 4 KiB requests at random places,
+/// reads and writes, one in flight and 16 in flight (4 when the device
+/// offers no indirect descriptors), in requests per second. Writes the
+/// disk; checks nothing but that every request succeeds.
+pub fn blk_bench(ctx: &Context) -> CheckResult {
+    let clock = Clock::new(ctx.cmdline);
+    let mut disk = virtio::open_disk(ctx)?;
+    ensure!(!disk.blk.readonly(), "disk {} is read-only", disk.index);
+    let cap = disk.blk.capacity();
+    ensure!(cap >= 8, "disk {} is too small ({cap} sectors)", disk.index);
+    let seed = seed(ctx);
+    let requests = cmdline::get(ctx.cmdline, "agent.bench_requests")
+        .and_then(cmdline::number)
+        .unwrap_or(2000);
+    let deep = if disk.offered & feature::RING_INDIRECT_DESC != 0 {
+        MAX_QD
+    } else {
+        DEFAULT_QD
+    };
+    let random = Order::Random {
+        span: cap,
+        requests,
+        seed,
+    };
+    let runs = [
+        (
+            "seq_write_mib_s",
+            Dir::Write,
+            Order::Seq(0, cap),
+            (256 << 10, 4),
+        ),
+        (
+            "seq_read_mib_s",
+            Dir::Read,
+            Order::Seq(0, cap),
+            (256 << 10, 4),
+        ),
+        ("randread_qd1_iops", Dir::Read, random, (4096, 1)),
+        ("randwrite_qd1_iops", Dir::Write, random, (4096, 1)),
+        ("randread_deep_iops", Dir::Read, random, (4096, deep)),
+        ("randwrite_deep_iops", Dir::Write, random, (4096, deep)),
+    ];
+    print!(
+        "AGENT: blk-bench disk={} sectors={cap} deep_qd={deep}",
+        disk.index
+    );
+    for (name, dir, order, shape) in runs {
+        let ticks = transfer(
+            &mut disk,
+            &clock,
+            dir,
+            order,
+            shape,
+            |s, buf| fill(seed, s, buf),
+            |_, _| Ok(()),
+        )?;
+        if let Order::Seq(_, count) = order {
+            let bytes = count * SECTOR_SIZE as u64;
+            print!(" {name}={}", Rate(clock.mib_per_s_x100(bytes, ticks)));
+        } else {
+            let us = clock.micros(ticks).max(1);
+            print!(" {name}={}", requests * 1_000_000 / us);
+        }
+    }
+    println!();
+    disk.close(&clock)
 }

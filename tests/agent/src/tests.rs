@@ -34,6 +34,7 @@ pub const TESTS: &[(&str, Test)] = &[
     ("blk-flush", crate::blk::blk_flush),
     ("blk-ro", crate::blk::blk_ro),
     ("blk-id", crate::blk::blk_id),
+    ("blk-bench", crate::blk::blk_bench),
     ("blk-hostile", crate::hostile::blk_hostile),
     ("blk-inflight", crate::inflight::blk_inflight),
     // virtio-net through virtio-drivers, frames by hand (src/netcheck.rs).

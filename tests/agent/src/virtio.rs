@@ -63,6 +63,7 @@ pub mod status {
 pub mod feature {
     pub const BLK_RO: u64 = 1 << 5;
     pub const BLK_FLUSH: u64 = 1 << 9;
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
     pub const VERSION_1: u64 = 1 << 32;
 }
 
