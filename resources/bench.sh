@@ -191,6 +191,20 @@ for i in $(seq "$runs"); do
     host_blk blk-host "$work/disk.img"
 done
 
+# 6. virtio-net: tests/bench_net.rs runs both VMMs in turns in a namespace.
+echo "virtio-net, $runs rounds" >&2
+KILN_BENCH_ROUNDS=$runs cargo test --release -q --test bench_net -- --ignored --nocapture \
+    >"$work/net.out" 2>&1 || true
+while read -r _ vmm rest; do
+    vmm=${vmm#vmm=}
+    if [[ $rest == failed=* ]]; then
+        echo "${rest#failed=}" >>"$results/net-$vmm.failed"
+        continue
+    fi
+    for kv in $rest; do echo "${kv#*=}" >>"$results/net-$vmm.${kv%%=*}"; done
+done < <(grep '^BENCH: ' "$work/net.out")
+[ -n "$(grep '^BENCH: ' "$work/net.out")" ] || echo "tests/bench_net.rs: $(tail -n 1 "$work/net.out")" >>"$results/net-kiln.failed"
+
 # 2. Boot to init: kiln a few times, QEMU once (it cannot boot stock
 # Linux on the nested hosts; the table says how the attempt ended).
 for i in $(seq "$boots"); do
@@ -284,6 +298,9 @@ for r in "seq_write_mib_s|5a|virtio-blk sequential write, 256 KiB requests, 4 in
     IFS='|' read -r key num what <<<"$r"
     echo "| $num | $what | $(cell "blk-kiln.$key" 0) | $(cell "blk-qemu.$key" 0) | $(ratio "blk-kiln.$key" "blk-qemu.$key" rate) | host file (fio): $(cell "blk-host.$key" 0); kiln / host $(ratio "blk-kiln.$key" "blk-host.$key" rate | sed 's/x$//') |"
 done
+echo "| 6a | virtio-net UDP throughput guest to host, tap in a namespace (MiB/s) | $(cell net-kiln.tx_mib_s 1) | $(cell net-qemu.tx_mib_s 1) | $(ratio net-kiln.tx_mib_s net-qemu.tx_mib_s rate) | |"
+echo "| 6b | virtio-net UDP throughput host to guest (MiB/s) | $(cell net-kiln.rx_mib_s 1) | $(cell net-qemu.rx_mib_s 1) | $(ratio net-kiln.rx_mib_s net-qemu.rx_mib_s rate) | |"
+echo "| 6c | virtio-net request/response: ICMP echo with the host kernel, median (us) | $(cell net-kiln.rtt_us 0) | $(cell net-qemu.rtt_us 0) | $(ratio net-kiln.rtt_us net-qemu.rtt_us) | |"
 echo
 echo "Rows 1, 3 and 4 boot the test agent in both VMMs (each with its own minimal machine;"
 echo "QEMU: microvm, acpi=off, KVM). Row 3: kiln run --restore of a kiln snapshot vs QEMU -incoming"
@@ -293,6 +310,8 @@ echo "console (QEMU gets kiln's default command line for these hosts). Row 3b: t
 echo "minimal guest (its initramfs) for podman and chroot. Row 4b: kiln run -- sleep, ${clones} at once."
 echo "Rows 5: the test agent's blk-bench (ring 3, through virtio-drivers) on a 64 MiB image file,"
 echo "2000 random requests; kiln's and QEMU's default caching (the host's page cache), fio on the same file."
+echo "Rows 6: the agent's net-bulk (16 MiB each way, every datagram checked, lost ones sent again) and"
+echo "net-ping (50 echoes) against the host in a namespace (tests/bench_net.rs); the guest side runs at ring 3."
 echo "Row 2 under QEMU: one attempt, killed after 90 s; the cell gives the last console line."
 echo "The sandbox template was made by one boot: $(cell template-boot 1) s."
 for f in "$results"/*.failed; do
