@@ -78,7 +78,7 @@ probe() {
     local name=$1 line kv
     shift
     line=$(python3 "$probe_py" "$@" 2>&1 | tail -n 1) || true
-    if ! grep -qE '\b(first_s|overhead_kib)=[0-9]' <<<"$line"; then
+    if ! grep -qE '\b(first_s|overhead_kib|api_median_ms)=[0-9]' <<<"$line"; then
         echo "$line" >>"$results/$name.failed"
         return
     fi
@@ -205,6 +205,16 @@ while read -r _ vmm rest; do
 done < <(grep '^BENCH: ' "$work/net.out")
 [ -n "$(grep '^BENCH: ' "$work/net.out")" ] || echo "tests/bench_net.rs: $(tail -n 1 "$work/net.out")" >>"$results/net-kiln.failed"
 
+# 7. The API's answer time while the guest keeps its disk busy (kiln).
+echo "API under disk load, $boots runs" >&2
+truncate -s 256M "$work/load.img"
+for i in $(seq "$boots"); do
+    rm -f "$work/load.sock"
+    probe load-kiln api-load "$work/load.sock" --timeout 300 -- \
+        "$kiln" run --memory 128M --kernel "$agent" --disk "$work/load.img" --api-sock "$work/load.sock" \
+        --cmdline "agent.test=blk-bench,blk-flush,blk-bench,blk-flush,blk-bench agent.bench_requests=4000"
+done
+
 # 2. Boot to init: kiln a few times, QEMU once (it cannot boot stock
 # Linux on the nested hosts; the table says how the attempt ended).
 for i in $(seq "$boots"); do
@@ -301,6 +311,7 @@ done
 echo "| 6a | virtio-net UDP throughput guest to host, tap in a namespace (MiB/s) | $(cell net-kiln.tx_mib_s 1) | $(cell net-qemu.tx_mib_s 1) | $(ratio net-kiln.tx_mib_s net-qemu.tx_mib_s rate) | |"
 echo "| 6b | virtio-net UDP throughput host to guest (MiB/s) | $(cell net-kiln.rx_mib_s 1) | $(cell net-qemu.rx_mib_s 1) | $(ratio net-kiln.rx_mib_s net-qemu.rx_mib_s rate) | |"
 echo "| 6c | virtio-net request/response: ICMP echo with the host kernel, median (us) | $(cell net-kiln.rtt_us 0) | $(cell net-qemu.rtt_us 0) | $(ratio net-kiln.rtt_us net-qemu.rtt_us) | |"
+echo "| 7 | API \`GET /\` answer while the guest keeps its disk busy: median / p99 / max (ms) | $(cell load-kiln.api_median_ms 2) / $(cell load-kiln.api_p99_ms 1) / $(cell load-kiln.api_max_ms 1) | not measured | | |"
 echo
 echo "Rows 1, 3 and 4 boot the test agent in both VMMs (each with its own minimal machine;"
 echo "QEMU: microvm, acpi=off, KVM). Row 3: kiln run --restore of a kiln snapshot vs QEMU -incoming"
@@ -312,6 +323,8 @@ echo "Rows 5: the test agent's blk-bench (ring 3, through virtio-drivers) on a 6
 echo "2000 random requests; kiln's and QEMU's default caching (the host's page cache), fio on the same file."
 echo "Rows 6: the agent's net-bulk (16 MiB each way, every datagram checked, lost ones sent again) and"
 echo "net-ping (50 echoes) against the host in a namespace (tests/bench_net.rs); the guest side runs at ring 3."
+echo "Row 7: GET / over --api-sock in a loop while the agent runs blk-bench and blk-flush on a 256 MiB"
+echo "image (each disk has its own thread; before that, a FLUSH held the API up to 0.6 s here)."
 echo "Row 2 under QEMU: one attempt, killed after 90 s; the cell gives the last console line."
 echo "The sandbox template was made by one boot: $(cell template-boot 1) s."
 for f in "$results"/*.failed; do

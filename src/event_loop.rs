@@ -1,9 +1,14 @@
 //! The main thread's event loop (event-manager over epoll): console input
-//! from stdin to the UART, SIGINT/SIGTERM/SIGHUP/SIGQUIT, and the exit
-//! eventfd that vCPUs and devices write when the VM is over.
+//! from stdin to the UART, SIGINT/SIGTERM/SIGHUP/SIGQUIT, the network and
+//! vsock devices, and the exit eventfd that vCPUs and devices write when
+//! the VM is over. Disks get a thread each ([`IoThread`]): their pread,
+//! pwrite and fdatasync may take milliseconds, and nothing else should
+//! wait for them.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use devices::serial::Serial;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -20,6 +25,14 @@ pub enum EventLoopError {
     /// Signal setup failed.
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    /// A device thread could not be started.
+    #[error("cannot start the thread {name}: {error}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// Why.
+        error: std::io::Error,
+    },
 }
 
 /// A subscriber shared with the event manager.
@@ -215,5 +228,86 @@ impl EventLoop {
             self.manager.run().map_err(EventLoopError::Manager)?;
         }
         Ok(())
+    }
+}
+
+/// A device's own event loop on a thread of its own (a disk: see the
+/// module documentation). It serves its subscribers until [`IoThread::stop`]
+/// (or drop).
+pub struct IoThread {
+    stop: Arc<vmm_sys_util::eventfd::EventFd>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Ends an [`IoThread`]'s loop when its eventfd is written.
+struct StopWatch {
+    evt: Arc<vmm_sys_util::eventfd::EventFd>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for StopWatch {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        ops.add(Events::new_raw(self.evt.as_raw_fd(), EventSet::IN))
+            .expect("the stop eventfd registers once");
+    }
+}
+
+impl IoThread {
+    /// Starts thread `name` serving `subscribers`.
+    pub fn spawn(name: &str, subscribers: Vec<Subscriber>) -> Result<IoThread, EventLoopError> {
+        let failed = |error| EventLoopError::Thread {
+            name: name.to_string(),
+            error,
+        };
+        let mut manager = EventManager::<Subscriber>::new().map_err(EventLoopError::Manager)?;
+        let stop =
+            Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(failed)?);
+        let stopped = Arc::new(AtomicBool::new(false));
+        manager.add_subscriber(Arc::new(Mutex::new(StopWatch {
+            evt: stop.clone(),
+            stopped: stopped.clone(),
+        })));
+        for s in subscribers {
+            manager.add_subscriber(s);
+        }
+        let thread_name = name.to_string();
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    if let Err(e) = manager.run() {
+                        log::error!("{thread_name}: its event loop failed: {e:?}");
+                        break;
+                    }
+                }
+            })
+            .map_err(failed)?;
+        Ok(IoThread {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Ends the loop after the events at hand and waits for the thread.
+    pub fn stop(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.stop.write(1);
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        self.end();
     }
 }

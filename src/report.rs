@@ -81,6 +81,8 @@ fn parse(text: &str) -> Result<Trace, String> {
                         "vCPU {}",
                         e["tid"].as_u64().unwrap_or(10).saturating_sub(10)
                     )
+                } else if e["tid"].as_u64() == Some(crate::trace::perfetto::TID_DISK_IO) {
+                    "disk threads".into()
                 } else {
                     "event loop".into()
                 };

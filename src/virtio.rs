@@ -1,7 +1,8 @@
 //! Wiring a virtio device into the VM: its virtio-mmio window on the MMIO
 //! bus, an irqfd for its interrupt line, one ioeventfd per queue on the
 //! QueueNotify register (so a notification never leaves KVM as an exit),
-//! and an event-loop subscriber that hands those events to the transport.
+//! and a subscriber that hands those events to the transport, served by
+//! the main event loop or, for a disk, by a thread of its own.
 //!
 //! Device `index` gets the window `layout::virtio_mmio_addr(index)` and the
 //! interrupt line `VIRTIO_IRQ_BASE + index`; the guest learns both from a
@@ -119,6 +120,7 @@ pub fn attach(
         watching: Interest::NONE,
         tracer,
         base: slot.base,
+        thread: Thread::EventLoop,
     }));
     Ok(Attached {
         slot,
@@ -141,9 +143,16 @@ pub struct VirtioEvents {
     tracer: Option<Arc<Tracer>>,
     /// Base of the device's window (names it in the trace).
     base: u64,
+    /// The thread that serves it, as the trace names it.
+    thread: Thread,
 }
 
 impl VirtioEvents {
+    /// Says which thread serves the device (the trace's track for it).
+    pub fn set_thread(&mut self, thread: Thread) {
+        self.thread = thread;
+    }
+
     /// Re-registers the backend fd when the device wants other events.
     /// An inactive device (not yet started, or reset by the driver) is
     /// never watched; it is picked up again at the next queue notification.
@@ -211,7 +220,7 @@ impl MutEventSubscriber for VirtioEvents {
                 TracedExit::notify(self.base, data as usize)
             };
             // Only vCPU exits count towards `kiln explain`'s stop.
-            let _ = t.record(Thread::EventLoop, &event, since.elapsed(), || None);
+            let _ = t.record(self.thread, &event, since.elapsed(), || None);
         }
         self.update_backend(ops);
     }

@@ -174,6 +174,14 @@ fn flushed_data_is_in_the_host_file_while_the_vm_runs() {
     ));
     let waiting = vm.wait_for_stdout("AGENT: blk-flush waiting", TIMEOUT);
     let image = std::fs::read(&img).unwrap();
+    // The disk is served by a thread of its own, not the event loop.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", vm.pid()))
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     let mismatch = pattern_mismatch(&image, seed, FLUSH_FIRST, FLUSH_SECTORS);
     if waiting {
         vm.send(b"x");
@@ -181,6 +189,10 @@ fn flushed_data_is_in_the_host_file_while_the_vm_runs() {
     let o = vm.wait(TIMEOUT);
     check_disks_accepted(&o);
     o.check(waiting, "the agent got to its FLUSH and waited");
+    o.check(
+        threads.iter().any(|t| t == "kiln-disk0"),
+        &format!("the disk has its thread kiln-disk0: {threads:?}"),
+    );
     o.check(
         mismatch.is_none(),
         &format!("flushed sectors are in the file during the run (first bad: {mismatch:?})"),

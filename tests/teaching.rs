@@ -237,7 +237,7 @@ fn virtio_set_up_and_queue_notifications_of_the_test_agent() {
     let find = |what: &str| lines.iter().position(|l| l.contains(what));
     let magic = find("virtio-mmio@0xd0000000 (vda) MagicValue -> 0x74726976");
     let driver_ok = find("(vda) Status <- 0xf (ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK)");
-    let notify = find("loop  notify");
+    let notify = find("disk  notify");
     o.check(
         magic.is_some() && driver_ok.is_some() && notify.is_some(),
         "probe, DRIVER_OK and a notification are traced",

@@ -23,6 +23,12 @@ Used by resources/bench.sh; each mode prints one line of KEY=VALUE pairs.
       waits for PATTERN, migrates the running VM to FILE and quits
       (save_s: the stop + migrate time).
 
+  vmprobe.py api-load SOCKET [--timeout S] -- CMD...
+      Starts kiln (CMD must serve its API on SOCKET), and while it runs
+      sends `GET /` over SOCKET again and again, timing each answer:
+      api_median_ms, api_p99_ms, api_max_ms, requests. With a guest that
+      keeps its disk busy, this is how long the API waits for the VMM.
+
 The process measured is CMD itself (no wrapper), so RSS figures are the
 VMM's. A run that does not show PATTERN within the timeout is killed and
 reported with first_s=- and the last line it printed.
@@ -237,6 +243,42 @@ def qemu_save(pattern, sock, path, cmd, timeout):
     return f"save_s={t1 - t0:.6f} exit={code}"
 
 
+def get_root(path):
+    """One `GET /` over the Unix socket: seconds until the whole answer."""
+    t0 = time.monotonic()
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    while s.recv(65536):
+        pass
+    s.close()
+    return time.monotonic() - t0
+
+
+def api_load(sock, cmd, timeout):
+    proc = spawn(cmd)
+    w = Watch(proc, "\0never")
+    t0 = time.monotonic()
+    times = []
+    while proc.poll() is None and time.monotonic() - t0 < timeout:
+        try:
+            times.append(get_root(sock))
+        except OSError:
+            time.sleep(0.005)  # not listening yet, or going away
+    if proc.poll() is None:
+        kill(proc)
+    code = reap(proc, timeout)
+    if len(times) < 5:
+        return f"api_median_ms=- exit={code} why=only_{len(times)}_answers_{why(w)}"
+    times.sort()
+    ms = [t * 1000 for t in times]
+    return (
+        f"api_median_ms={ms[len(ms) // 2]:.3f} api_p99_ms={ms[len(ms) * 99 // 100]:.3f} "
+        f"api_max_ms={ms[-1]:.3f} requests={len(ms)} exit={code}"
+    )
+
+
 def main(argv):
     if "--" not in argv:
         sys.exit(__doc__)
@@ -254,6 +296,8 @@ def main(argv):
         print(first(args[0], cmd, timeout, poke))
     elif mode == "memory" and len(args) == 2:
         print(memory(args[0], int(args[1]), cmd, timeout))
+    elif mode == "api-load" and len(args) == 1:
+        print(api_load(args[0], cmd, timeout))
     elif mode == "qemu-save" and len(args) == 3:
         print(qemu_save(args[0], args[1], args[2], cmd, timeout))
     else:

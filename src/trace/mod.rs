@@ -63,6 +63,8 @@ pub enum Thread {
     Vcpu(u8),
     /// kiln's event loop (the device side).
     EventLoop,
+    /// A disk's own thread (src/event_loop.rs, `IoThread`).
+    DiskIo,
 }
 
 /// Why the guest stopped running, as the trace names it.
@@ -494,7 +496,7 @@ impl Tracer {
         }
         let vcpu = match thread {
             Thread::Vcpu(n) => Some(n),
-            Thread::EventLoop => None,
+            Thread::EventLoop | Thread::DiskIo => None,
         };
         let mut printed = self
             .print
@@ -523,9 +525,11 @@ impl Tracer {
         let rip = vcpu.and_then(|_| rip());
         let function = rip.and_then(|r| self.symbols.as_ref()?.name(r));
         if let Some(f) = file.as_mut() {
-            let tid = vcpu.map_or(perfetto::TID_EVENT_LOOP, |n| {
-                perfetto::TID_VCPU0 + u64::from(n)
-            });
+            let tid = match thread {
+                Thread::Vcpu(n) => perfetto::TID_VCPU0 + u64::from(n),
+                Thread::EventLoop => perfetto::TID_EVENT_LOOP,
+                Thread::DiskIo => perfetto::TID_DISK_IO,
+            };
             let name = match device {
                 Some(d) => format!("{} {d}", exit.reason.name()),
                 None => exit.reason.name().to_string(),
@@ -558,7 +562,11 @@ impl Tracer {
             (Some(rip), None) => format!("at {rip:#x}"),
             (None, _) => String::new(),
         };
-        let who = vcpu.map_or("loop ".to_string(), |n| format!("vcpu{n}"));
+        let who = match thread {
+            Thread::Vcpu(n) => format!("vcpu{n}"),
+            Thread::EventLoop => "loop ".to_string(),
+            Thread::DiskIo => "disk ".to_string(),
+        };
         self.write_line(&format!(
             "{:>11.6} {who} {:<10} {addr:<11} {text:<56} {at}  {:.1} us\n",
             self.start.elapsed().as_secs_f64(),

@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 pub const TID_PHASES: u64 = 1;
 /// The event loop's track.
 pub const TID_EVENT_LOOP: u64 = 2;
+/// The disks' threads' track.
+pub const TID_DISK_IO: u64 = 3;
 /// vCPU n's track is `TID_VCPU0 + n`.
 pub const TID_VCPU0: u64 = 10;
 /// The one process.
@@ -28,6 +30,8 @@ pub struct TraceFile {
     w: BufWriter<File>,
     events: u64,
     failed: bool,
+    /// Whether a disk thread's event was written (its track is named then).
+    disk_track: bool,
 }
 
 impl TraceFile {
@@ -39,6 +43,7 @@ impl TraceFile {
             path: path.to_path_buf(),
             w,
             events: 0,
+            disk_track: false,
             failed: false,
         })
     }
@@ -69,6 +74,7 @@ impl TraceFile {
     /// A complete event: `name` on track `tid` from `ts` for `dur`
     /// microseconds, with `args`.
     pub fn span(&mut self, tid: u64, name: &str, cat: &str, ts: f64, dur: f64, args: Value) {
+        self.disk_track |= tid == TID_DISK_IO;
         self.event(&json!({
             "name": name, "cat": cat, "ph": "X", "ts": ts, "dur": dur,
             "pid": PID, "tid": tid, "args": args,
@@ -83,6 +89,9 @@ impl TraceFile {
         ];
         meta.extend(thread(TID_PHASES, "kiln: boot recipe phases", 0));
         meta.extend(thread(TID_EVENT_LOOP, "kiln: event loop (devices)", 1));
+        if self.disk_track {
+            meta.extend(thread(TID_DISK_IO, "kiln: disk threads (virtio-blk)", 1));
+        }
         for n in 0..u64::from(vcpus) {
             meta.extend(thread(TID_VCPU0 + n, &format!("vCPU {n}: exits"), 2 + n));
         }

@@ -17,7 +17,7 @@ use devices::cmos::Cmos;
 use devices::i8042::I8042;
 
 use crate::trace::explain::{self, LoadFacts};
-use crate::trace::{Phases, Tracer};
+use crate::trace::{Phases, Thread, Tracer};
 use devices::pvpanic::PvPanic;
 use devices::serial::Serial;
 use devices::virtio::block::{Block, DiskImage};
@@ -29,7 +29,7 @@ use kvm_ioctls::Kvm;
 use super::{Machine, VmmError};
 use crate::config::{ConsoleMode, VmConfig};
 use crate::control::{PanicLine, PowerOffLine, ResetLine, StopReason, VmControl};
-use crate::event_loop::{ConsoleInput, EventLoop};
+use crate::event_loop::{ConsoleInput, EventLoop, IoThread};
 use crate::snapshot::{DeviceStates, Files, Snapshot};
 use crate::vcpu::{BootEntry, Vcpu};
 use crate::virtio::Slot;
@@ -538,9 +538,27 @@ fn assemble(
     );
 
     // 8. The event loop and its subscribers (vCPU threads start later).
+    // Disks get a thread each: their I/O never delays the console, the
+    // network or the API (src/event_loop.rs).
     let mut event_loop = EventLoop::new(control.clone())?;
-    for d in &virtio {
-        event_loop.add(d.events.clone());
+    let mut disk_threads = Vec::new();
+    for (i, d) in virtio.iter().enumerate() {
+        let kind = d
+            .transport
+            .lock()
+            .expect("virtio lock")
+            .device()
+            .device_type();
+        if kind == devices::virtio::device_type::BLOCK {
+            d.events
+                .lock()
+                .expect("virtio lock")
+                .set_thread(Thread::DiskIo);
+            let name = format!("kiln-disk{i}");
+            disk_threads.push(IoThread::spawn(&name, vec![d.events.clone()])?);
+        } else {
+            event_loop.add(d.events.clone());
+        }
     }
     let raw_terminal = if config.console == ConsoleMode::Stdio {
         event_loop.add(Arc::new(Mutex::new(ConsoleInput::new(
@@ -568,6 +586,7 @@ fn assemble(
         paused: vcpus,
         running: Vec::new(),
         event_loop,
+        disk_threads,
         msr_list,
         _raw_terminal: raw_terminal,
     })

@@ -184,6 +184,8 @@ pub struct Machine {
     /// The threads of running vCPUs; each returns its vCPU.
     running: Vec<JoinHandle<Vcpu>>,
     event_loop: EventLoop,
+    /// One thread per disk, serving its queue (src/event_loop.rs).
+    disk_threads: Vec<crate::event_loop::IoThread>,
     /// KVM_GET_MSR_INDEX_LIST: the MSRs a snapshot saves.
     msr_list: Vec<u32>,
     /// The host terminal in raw mode while the console is on stdio.
@@ -257,6 +259,10 @@ impl Machine {
     fn tear_down(mut self) -> RunSummary {
         let tear_down = Instant::now();
         self.pause();
+        // No vCPU notifies a disk any more: let the disks' threads finish.
+        for t in self.disk_threads.drain(..) {
+            t.stop();
+        }
         // Phase 8 ended when the tear-down began; it is recorded once the
         // vCPU threads are joined, so that it follows their last lines.
         if let (Some(t), Some(started)) = (&self.tracer, self.started) {
