@@ -120,6 +120,13 @@ impl Running {
         stdin.flush().expect("flush stdin");
     }
 
+    /// Takes kiln's stdin, to write it from another thread (a stream
+    /// larger than a pipe holds, while the outputs are being collected).
+    #[allow(dead_code)]
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        self.stdin.take().expect("stdin open")
+    }
+
     /// Closes kiln's stdin.
     pub fn close_stdin(&mut self) {
         self.stdin = None;

@@ -28,6 +28,7 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(5);
 
 fn main() {
     let pid1 = std::process::id() == 1;
+    sys::keep_freed_memory();
     if pid1 {
         sys::mount_basics();
         let _ = std::fs::write("/proc/sys/kernel/hostname", "kiln");

@@ -196,3 +196,15 @@ impl OomWatch {
         }
     }
 }
+
+/// Keeps freed memory in the process: glibc otherwise gives the top of a
+/// heap back to the kernel once 128 KiB of it are free, and the next
+/// frames allocated there page-fault again (on nested kvm_pvm hosts every
+/// page fault passes kiln's page-fault breakpoint and the emulated
+/// fault handler, and the page is zeroed in emulated ring 0).
+pub fn keep_freed_memory() {
+    // SAFETY: mallopt only changes the allocator's settings.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
