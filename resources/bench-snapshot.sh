@@ -68,16 +68,7 @@ for i in $(seq "$runs"); do
 done
 
 echo "starting $clones clones of the template" >&2
-for i in $(seq "$clones"); do
-    "$kiln" run -v -- sleep 60 >/dev/null 2>"$work/clone$i.log" &
-    pids+=("$!")
-done
-for i in $(seq "$clones"); do
-    for _ in $(seq 600); do
-        grep -q 'sandbox: command sent' "$work/clone$i.log" && break
-        sleep 0.1
-    done
-done
+start_clones "$kiln" "$work" "$clones" 60
 sleep 2
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/smaps_rollup"; }
 rss_sum=0

@@ -82,7 +82,7 @@ probe() {
         echo "$line" >>"$results/$name.failed"
         return
     fi
-    for kv in $(grep -oE '\b[a-z_]+=[0-9.]+' <<<"$line"); do
+    for kv in $(grep -oE '\b[a-z0-9_]+=[0-9.]+' <<<"$line"); do
         echo "${kv#*=}" >>"$results/$name.${kv%%=*}"
     done
 }
@@ -118,18 +118,17 @@ agent_keys() {
 
 # host_blk NAME IMAGE: the agent's blk-bench patterns with fio on IMAGE on
 # the host (buffered, as kiln's pread/pwrite; psync at one in flight,
-# io_uring at 16), into $results/NAME.KEY.
+# io_uring deeper), each for a second, into $results/NAME.KEY.
 host_blk() {
-    local name=$1 img=$2 spec n rw bs qd eng extra
+    local name=$1 img=$2 spec n rw bs qd eng
     for spec in seq_write_mib_s:write:256k:4 seq_read_mib_s:read:256k:4 \
         randread_qd1_iops:randread:4k:1 randwrite_qd1_iops:randwrite:4k:1 \
         randread_deep_iops:randread:4k:16 randwrite_deep_iops:randwrite:4k:16; do
         IFS=: read -r n rw bs qd <<<"$spec"
-        eng=psync extra=()
+        eng=psync
         [ "$qd" = 1 ] || eng=io_uring
-        [[ $rw == rand* ]] && extra=(--number_ios=2000)
         fio --name="$n" --filename="$img" --rw="$rw" --bs="$bs" --iodepth="$qd" --ioengine="$eng" \
-            --size=64M "${extra[@]}" --output-format=json 2>/dev/null |
+            --size=64M --runtime=1 --time_based --output-format=json 2>/dev/null |
             python3 -c 'import json, sys
 j = json.load(sys.stdin)["jobs"][0]
 d = j["read"] if j["read"]["io_bytes"] else j["write"]
@@ -228,16 +227,7 @@ probe boot-qemu first --timeout 90 "KILN-INIT:" -- \
 
 # 4b. Memory of clones of one template, each running sleep.
 echo "starting $clones sandboxes from one template" >&2
-for i in $(seq "$clones"); do
-    "$kiln" run -v -- sleep 120 >/dev/null 2>"$work/clone$i.log" &
-    pids+=("$!")
-done
-for i in $(seq "$clones"); do
-    for _ in $(seq 1200); do
-        grep -q 'sandbox: command sent' "$work/clone$i.log" && break
-        sleep 0.1
-    done
-done
+start_clones "$kiln" "$work" "$clones" 120
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 rss_sum=0 pss_sum=0
 for p in "${pids[@]}"; do
@@ -320,7 +310,8 @@ echo "VMM's start to the agent's answer to a byte sent every 2 ms. Row 2: init's
 echo "console (QEMU gets kiln's default command line for these hosts). Row 3b: the tree of kiln's"
 echo "minimal guest (its initramfs) for podman and chroot. Row 4b: kiln run -- sleep, ${clones} at once."
 echo "Rows 5: the test agent's blk-bench (ring 3, through virtio-drivers) on a 64 MiB image file,"
-echo "2000 random requests; kiln's and QEMU's default caching (the host's page cache), fio on the same file."
+echo "2000 random requests; kiln's and QEMU's default caching (the host's page cache); fio on the same file,"
+echo "1 s per pattern (its own overhead included: a ceiling for the page cache, not a hard limit)."
 echo "Rows 6: the agent's net-bulk (16 MiB each way, every datagram checked, lost ones sent again) and"
 echo "net-ping (50 echoes) against the host in a namespace (tests/bench_net.rs); the guest side runs at ring 3."
 echo "Row 7: GET / over --api-sock in a loop while the agent runs blk-bench and blk-flush on a 256 MiB"

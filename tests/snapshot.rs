@@ -44,6 +44,20 @@ fn kiln_snapshot(sock: &Path, dir: &Path, extra: &[&str]) -> std::process::Outpu
         .expect("run kiln snapshot")
 }
 
+/// `kiln snapshot --leave-paused` of `orig` into `snap`, then SIGTERM to
+/// the original, which must stop with 143.
+fn snapshot_and_stop(orig: Running, sock: &Path, snap: &Path) -> Outcome {
+    let out = kiln_snapshot(sock, snap, &["--leave-paused"]);
+    assert!(
+        out.status.success(),
+        "kiln snapshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = orig.terminate(TIMEOUT);
+    o.check(o.code == Some(143), "the original stops on SIGTERM");
+    o
+}
+
 /// Takes a snapshot of a payload that has counted to at least 5, leaving
 /// it paused; returns what the original printed in all.
 fn snapshot_counting_payload(dir: &Path, snap: &Path) -> Outcome {
@@ -53,14 +67,7 @@ fn snapshot_counting_payload(dir: &Path, snap: &Path) -> Outcome {
         orig.wait_for_stdout(&count_line(5), TIMEOUT),
         "the payload counts to 5"
     );
-    let out = kiln_snapshot(&sock, snap, &["--leave-paused"]);
-    assert!(
-        out.status.success(),
-        "kiln snapshot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let o = orig.terminate(TIMEOUT);
-    o.check(o.code == Some(143), "the original stops on SIGTERM");
+    let o = snapshot_and_stop(orig, &sock, snap);
     o.check(!sock.exists(), "the API socket is removed at exit");
     o
 }
@@ -214,14 +221,7 @@ fn a_block_write_in_flight_across_a_snapshot_lands_exactly_once() {
         orig.wait_for_stdout("AGENT: blk-inflight waiting", TIMEOUT),
         "the agent leaves a write in flight"
     );
-    let out = kiln_snapshot(&sock, &snap, &["--leave-paused"]);
-    assert!(
-        out.status.success(),
-        "kiln snapshot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let o = orig.terminate(TIMEOUT);
-    o.check(o.code == Some(143), "the original stops on SIGTERM");
+    let o = snapshot_and_stop(orig, &sock, &snap);
     o.check(
         !o.stdout.contains("AGENT: check"),
         "the original never finished the check",

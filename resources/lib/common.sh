@@ -153,3 +153,21 @@ podman_prepare() {
     printf '[containers]\ndefault_ulimits = []\n' >"$1/containers.conf"
     podman_=(env "CONTAINERS_CONF=$1/containers.conf" podman --runtime runc --cgroup-manager cgroupfs)
 }
+
+# start_clones KILN WORK N SECONDS: starts N `KILN run -v -- sleep SECONDS`
+# sandboxes in the background (logs WORK/cloneI.log), appends their PIDs
+# to the array `pids`, and returns once each has sent its command (or
+# after two minutes).
+start_clones() {
+    local kiln=$1 work=$2 n=$3 secs=$4 i
+    for i in $(seq "$n"); do
+        "$kiln" run -v -- sleep "$secs" >/dev/null 2>"$work/clone$i.log" &
+        pids+=("$!")
+    done
+    for i in $(seq "$n"); do
+        for _ in $(seq 1200); do
+            grep -q 'sandbox: command sent' "$work/clone$i.log" && break
+            sleep 0.1
+        done
+    done
+}

@@ -397,13 +397,23 @@ fn meets(expect: Expect, status: u8, last: u8, len: u32) -> bool {
 
 /// `blk-hostile[:N]`.
 pub fn blk_hostile(ctx: &Context) -> CheckResult {
+    with_raw_queue(ctx, PAGES, |q, clock| run_cases(ctx, q, clock))
+}
+
+/// Runs `f` with a hand-driven queue on disk N (the test's argument) over
+/// `pages` DMA pages (at least [`PAGES`]), then resets the device (it must
+/// not touch the pages any more) and frees them.
+pub fn with_raw_queue(
+    ctx: &Context,
+    pages: usize,
+    f: impl FnOnce(&mut RawQueue, &Clock) -> CheckResult,
+) -> CheckResult {
     let clock = Clock::new(ctx.cmdline);
     let index = virtio::disk_index(ctx)?;
-    let devices = virtio::discover(ctx.cmdline);
-    let Some(dev) = devices.nth(DEVICE_ID_BLOCK, index) else {
+    let Some(dev) = virtio::discover(ctx.cmdline).nth(DEVICE_ID_BLOCK, index) else {
         fail!("no virtio-blk disk {index}");
     };
-    let Some(mem) = hal::alloc_pages(PAGES) else {
+    let Some(mem) = hal::alloc_pages(pages) else {
         fail!("the DMA pool is exhausted");
     };
     let mut q = RawQueue {
@@ -412,10 +422,9 @@ pub fn blk_hostile(ctx: &Context) -> CheckResult {
         avail_idx: 0,
         used_idx: 0,
     };
-    let result = run_cases(ctx, &mut q, &clock);
-    // Leave the device reset: it must not touch the pages any more.
+    let result = f(&mut q, &clock);
     dev.write(reg::STATUS, 0);
-    hal::free_pages(mem.as_ptr() as usize, PAGES);
+    hal::free_pages(mem.as_ptr() as usize, pages);
     result
 }
 

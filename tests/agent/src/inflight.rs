@@ -21,13 +21,12 @@
 //! part of what the host test checks.
 
 use crate::checks::CheckResult;
-use crate::hal;
 use crate::hostile::{
     self, RawQueue, DATA_LEN, HEADER, NEXT, PAGES, STATUS, S_OK, T_IN, T_OUT, UNTOUCHED, WRITE,
 };
 use crate::tests::Context;
 use crate::time::{self, Clock};
-use crate::virtio::{self, reg, DEVICE_ID_BLOCK};
+use crate::virtio::reg;
 use crate::{blk, cmdline, ensure, fail, println};
 
 /// Our pages: the hostile queue's, plus one for the second write's data.
@@ -44,24 +43,7 @@ const REQUEST_MS: u64 = 2_000;
 
 /// `blk-inflight[:N]`.
 pub fn blk_inflight(ctx: &Context) -> CheckResult {
-    let clock = Clock::new(ctx.cmdline);
-    let index = virtio::disk_index(ctx)?;
-    let Some(dev) = virtio::discover(ctx.cmdline).nth(DEVICE_ID_BLOCK, index) else {
-        fail!("no virtio-blk disk {index}");
-    };
-    let Some(mem) = hal::alloc_pages(OUR_PAGES) else {
-        fail!("the DMA pool is exhausted");
-    };
-    let mut q = RawQueue {
-        dev,
-        mem,
-        avail_idx: 0,
-        used_idx: 0,
-    };
-    let result = run(ctx, &mut q, &clock);
-    dev.write(reg::STATUS, 0);
-    hal::free_pages(mem.as_ptr() as usize, OUR_PAGES);
-    result
+    hostile::with_raw_queue(ctx, OUR_PAGES, |q, clock| run(ctx, q, clock))
 }
 
 /// Submits a notified request built by `hostile::request` at head 0 and
