@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$KILN_ROOT"
 
 runs=${1:-5}
-[[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive number, not '$runs'"
+need_count RUNS "$runs"
 [ "$(id -u)" = 0 ] || die "needs root (podman import, unshare, mkfs of the Debian image); run with sudo"
 timeout=${KILN_BENCH_TIMEOUT:-600}
 
@@ -27,16 +27,10 @@ kiln=${KILN:-target/release/kiln}
 cargo build --release -q
 ./resources/guests.sh >/dev/null
 
-work=$(mktemp -d /var/tmp/kiln-bench-sandbox.XXXXXX)
+bench_workdir bench-sandbox
 image_tag=localhost/kiln-bench-debian:$$
 podman_prepare "$work"
-cleanup() {
-    "${podman_[@]}" rmi -f "$image_tag" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap "exit 130" INT
-trap "exit 143" TERM
+bench_cleanup() { "${podman_[@]}" rmi -f "$image_tag" >/dev/null 2>&1 || true; }
 
 echo "preparing: the Debian image and its tree, the podman image" >&2
 image=$work/debian-root.ext4

@@ -18,23 +18,14 @@ cd "$KILN_ROOT"
 
 runs=${1:-5}
 clones=${2:-4}
-[[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive number, not '$runs'"
-[[ $clones =~ ^[1-9][0-9]*$ ]] || die "CLONES must be a positive number, not '$clones'"
+need_count RUNS "$runs"
+need_count CLONES "$clones"
 timeout=${KILN_BENCH_TIMEOUT:-600}
 kiln=${KILN:-target/release/kiln}
 cargo build --release -q
 ./resources/guests.sh >/dev/null
 
-work=$(mktemp -d /var/tmp/kiln-bench-snapshot.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap "exit 130" INT
-trap "exit 143" TERM
+bench_workdir bench-snapshot
 export KILN_CACHE_DIR=$work/cache
 
 results=$work/results
@@ -70,21 +61,18 @@ done
 echo "starting $clones clones of the template" >&2
 start_clones "$kiln" "$work" "$clones" 60
 sleep 2
-kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/smaps_rollup"; }
 rss_sum=0
 pss_sum=0
 clone_rows=""
 for i in "${!pids[@]}"; do
     p=${pids[$i]}
-    rss=$(kib "$p" Rss)
-    pss=$(kib "$p" Pss)
+    rss=$(rollup_kib "$p" Rss)
+    pss=$(rollup_kib "$p" Pss)
     rss_sum=$((rss_sum + rss))
     pss_sum=$((pss_sum + pss))
     clone_rows+="| clone $((i + 1)) | $((rss / 1024)) | $((pss / 1024)) |"$'\n'
 done
-for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-wait 2>/dev/null || true
-pids=()
+kill_pids
 
 part() { median <"$results/$1" 2>/dev/null || echo -; }
 mem_file=$template/memory

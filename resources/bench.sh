@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$KILN_ROOT"
 
 runs=${1:-5}
-[[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive number, not '$runs'"
+need_count RUNS "$runs"
 [ "$(id -u)" = 0 ] || die "needs root (podman, unshare); run with sudo"
 boots=$((runs < 3 ? runs : 3))
 clones=10
@@ -40,19 +40,10 @@ agent=$(tests/agent/build.sh 2>/dev/null)
 kernel=build/guest/minimal/vmlinux
 initrd=build/guest/initramfs.cpio
 
-work=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
+bench_workdir bench
 image_tag=localhost/kiln-bench-minimal:$$
-pids=()
 podman_prepare "$work"
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    "${podman_[@]}" rmi -f "$image_tag" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap "exit 130" INT
-trap "exit 143" TERM
+bench_cleanup() { "${podman_[@]}" rmi -f "$image_tag" >/dev/null 2>&1 || true; }
 # kiln's sandbox templates go here, so the first sandbox run makes one.
 export KILN_CACHE_DIR=$work/cache
 results=$work/results
@@ -145,9 +136,7 @@ pids+=("$!")
 for _ in $(seq 300); do grep -q 'AGENT: wait' "$work/agent.out" && break; sleep 0.1; done
 "$kiln" snapshot --api-sock "$work/api.sock" --leave-paused "$work/kiln-snap" >/dev/null 2>&1 ||
     echo "kiln snapshot failed: $(tail -n 1 "$work/agent.out")" >>"$results/restore-kiln.failed"
-kill "${pids[@]}" 2>/dev/null || true
-wait 2>/dev/null || true
-pids=()
+kill_pids
 qemu_save=$(python3 "$probe_py" qemu-save "AGENT: wait" "$work/qmp.sock" "$work/qemu.mig" -- \
     "${qemu[@]}" -kernel "$agent" -append agent.test=wait -qmp "unix:$work/qmp.sock,server=on,wait=off")
 grep -q 'save_s=[0-9]' <<<"$qemu_save" || echo "QEMU's migration to a file failed: $qemu_save" >>"$results/restore-qemu.failed"
@@ -228,16 +217,12 @@ probe boot-qemu first --timeout 90 "KILN-INIT:" -- \
 # 4b. Memory of clones of one template, each running sleep.
 echo "starting $clones sandboxes from one template" >&2
 start_clones "$kiln" "$work" "$clones" 120
-kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 rss_sum=0 pss_sum=0
 for p in "${pids[@]}"; do
-    rss_sum=$((rss_sum + $(kib "$p" Rss)))
-    pss_sum=$((pss_sum + $(kib "$p" Pss)))
+    rss_sum=$((rss_sum + $(rollup_kib "$p" Rss)))
+    pss_sum=$((pss_sum + $(rollup_kib "$p" Pss)))
 done
-# (SIGKILL: kiln would pass a SIGTERM on to each guest's sleep.)
-for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-wait 2>/dev/null || true
-pids=()
+kill_pids
 
 # ---- the table ----------------------------------------------------------
 # med FILE [DECIMALS] [SCALE]: the median of FILE's numbers times SCALE.

@@ -304,8 +304,7 @@ impl Msg {
             }
         }
         let mut frame = Vec::with_capacity(HEADER_LEN + p.len());
-        frame.push(self.kind());
-        frame.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&header(self.kind(), p.len()));
         frame.extend_from_slice(&p);
         frame
     }
@@ -573,6 +572,49 @@ pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
 /// Writes one message.
 pub fn write_msg(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
     w.write_all(&msg.encode())
+}
+
+/// A frame header: the type, then the payload's length (u32 LE).
+fn header(kind: u8, len: usize) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = kind;
+    h[1..].copy_from_slice(&(len as u32).to_le_bytes());
+    h
+}
+
+/// One reusable buffer for the data frames of a stream (STDOUT, STDERR,
+/// STDIN, TAR): read the bytes into [`FrameBuf::payload`], then send
+/// [`FrameBuf::frame`], header and payload in one slice, with no copy and
+/// no allocation per frame (the guest agent's output pumps).
+pub struct FrameBuf {
+    buf: Vec<u8>,
+}
+
+impl FrameBuf {
+    /// A buffer for frames of type `kind` carrying up to `capacity` bytes
+    /// (at most [`MAX_PAYLOAD`]).
+    pub fn new(kind: u8, capacity: usize) -> FrameBuf {
+        assert!(
+            capacity <= MAX_PAYLOAD,
+            "a frame carries at most MAX_PAYLOAD bytes"
+        );
+        let mut buf = vec![0u8; HEADER_LEN + capacity];
+        buf[0] = kind;
+        FrameBuf { buf }
+    }
+
+    /// Where the next frame's bytes go.
+    pub fn payload(&mut self) -> &mut [u8] {
+        &mut self.buf[HEADER_LEN..]
+    }
+
+    /// The whole frame carrying the first `n` payload bytes (0: the empty
+    /// end-of-stream frame).
+    pub fn frame(&mut self, n: usize) -> &[u8] {
+        let h = header(self.buf[0], n);
+        self.buf[..HEADER_LEN].copy_from_slice(&h);
+        &self.buf[..HEADER_LEN + n]
+    }
 }
 
 /// Writes output or input bytes as STDOUT/STDERR/STDIN/TAR frames of at most

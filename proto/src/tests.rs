@@ -178,3 +178,12 @@ fn long_data_is_split_into_frames() {
     }
     assert_eq!(total, data.len());
 }
+
+#[test]
+fn a_frame_buffer_makes_the_frames_encode_makes() {
+    let mut f = FrameBuf::new(kind::STDERR, 8);
+    f.payload()[..3].copy_from_slice(b"abc");
+    assert_eq!(f.frame(3), Msg::Stderr(b"abc".to_vec()).encode());
+    assert_eq!(f.frame(0), Msg::Stderr(Vec::new()).encode());
+    assert_eq!(f.payload().len(), 8);
+}

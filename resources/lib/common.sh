@@ -154,6 +154,44 @@ podman_prepare() {
     podman_=(env "CONTAINERS_CONF=$1/containers.conf" podman --runtime runc --cgroup-manager cgroupfs)
 }
 
+# need_count NAME VALUE: dies unless VALUE is a positive whole number.
+need_count() {
+    [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive number, not '$2'"
+}
+
+# bench_workdir NAME: sets `work` to a new directory /var/tmp/kiln-NAME.*,
+# `pids` to an empty list, and traps so that at exit (also on Ctrl-C or
+# SIGTERM) every PID in `pids` is killed, the function `bench_cleanup`
+# runs if the script defined one, and the directory is removed.
+bench_workdir() {
+    work=$(mktemp -d "/var/tmp/kiln-$1.XXXXXX")
+    pids=()
+    trap _bench_exit EXIT
+    trap "exit 130" INT
+    trap "exit 143" TERM
+}
+
+_bench_exit() {
+    kill_pids
+    if declare -F bench_cleanup >/dev/null; then bench_cleanup; fi
+    rm -rf "$work"
+}
+
+# kill_pids: SIGKILL for every PID in `pids` (a sandbox's kiln would pass
+# a SIGTERM on to its command first), and waits for them.
+kill_pids() {
+    local p
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
+}
+
+# rollup_kib PID KEY: the KiB figure KEY (Rss, Pss, ...) of the process's
+# /proc/PID/smaps_rollup, 0 when it is gone.
+rollup_kib() {
+    awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0
+}
+
 # start_clones KILN WORK N SECONDS: starts N `KILN run -v -- sleep SECONDS`
 # sandboxes in the background (logs WORK/cloneI.log), appends their PIDs
 # to the array `pids`, and returns once each has sent its command (or

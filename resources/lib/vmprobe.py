@@ -144,8 +144,9 @@ def first(pattern, cmd, timeout, poke):
     return f"first_s={w.at - t0:.6f} exit={code}"
 
 
-def status_kib(pid, key):
-    with open(f"/proc/{pid}/status") as f:
+def proc_kib(pid, name, key):
+    """The KiB figure `key` in /proc/PID/NAME (status, smaps_rollup)."""
+    with open(f"/proc/{pid}/{name}") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
@@ -172,14 +173,6 @@ def guest_touched_kib(pid, guest_kib):
     return best[1], best[2]
 
 
-def rollup_kib(pid, key):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def memory(pattern, guest_mib, cmd, timeout):
     proc = spawn(cmd)
     w = Watch(proc, pattern)
@@ -188,10 +181,10 @@ def memory(pattern, guest_mib, cmd, timeout):
         code = reap(proc, timeout)
         return f"overhead_kib=- exit={code} why={why(w)}"
     time.sleep(0.2)  # let start-up settle
-    rss = status_kib(proc.pid, "VmRSS")
-    hwm = status_kib(proc.pid, "VmHWM")
+    rss = proc_kib(proc.pid, "status", "VmRSS")
+    hwm = proc_kib(proc.pid, "status", "VmHWM")
     guest, guest_anon = guest_touched_kib(proc.pid, guest_mib * 1024)
-    anon = rollup_kib(proc.pid, "Anonymous") - guest_anon
+    anon = proc_kib(proc.pid, "smaps_rollup", "Anonymous") - guest_anon
     send(proc, b"x", close=True)
     code = reap(proc, timeout)
     return (

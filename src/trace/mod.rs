@@ -67,6 +67,34 @@ pub enum Thread {
     DiskIo,
 }
 
+impl Thread {
+    /// The vCPU's number, for a vCPU thread.
+    fn vcpu(self) -> Option<u8> {
+        match self {
+            Thread::Vcpu(n) => Some(n),
+            Thread::EventLoop | Thread::DiskIo => None,
+        }
+    }
+
+    /// Its track in a `--trace-out` file.
+    fn track(self) -> u64 {
+        match self {
+            Thread::Vcpu(n) => perfetto::TID_VCPU0 + u64::from(n),
+            Thread::EventLoop => perfetto::TID_EVENT_LOOP,
+            Thread::DiskIo => perfetto::TID_DISK_IO,
+        }
+    }
+
+    /// Its name in a trace line, five characters wide.
+    fn label(self) -> String {
+        match self {
+            Thread::Vcpu(n) => format!("vcpu{n}"),
+            Thread::EventLoop => "loop ".to_string(),
+            Thread::DiskIo => "disk ".to_string(),
+        }
+    }
+}
+
 /// Why the guest stopped running, as the trace names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
@@ -494,10 +522,7 @@ impl Tracer {
                 s.by_device.entry(name).or_default().add(took);
             }
         }
-        let vcpu = match thread {
-            Thread::Vcpu(n) => Some(n),
-            Thread::EventLoop | Thread::DiskIo => None,
-        };
+        let vcpu = thread.vcpu();
         let mut printed = self
             .print
             .as_ref()
@@ -525,11 +550,6 @@ impl Tracer {
         let rip = vcpu.and_then(|_| rip());
         let function = rip.and_then(|r| self.symbols.as_ref()?.name(r));
         if let Some(f) = file.as_mut() {
-            let tid = match thread {
-                Thread::Vcpu(n) => perfetto::TID_VCPU0 + u64::from(n),
-                Thread::EventLoop => perfetto::TID_EVENT_LOOP,
-                Thread::DiskIo => perfetto::TID_DISK_IO,
-            };
             let name = match device {
                 Some(d) => format!("{} {d}", exit.reason.name()),
                 None => exit.reason.name().to_string(),
@@ -545,7 +565,7 @@ impl Tracer {
                 args["function"] = json!(func);
             }
             f.span(
-                tid,
+                thread.track(),
                 &name,
                 if vcpu.is_some() { "exit" } else { "device" },
                 self.micros_since_start(now) - took.as_secs_f64() * 1e6,
@@ -562,11 +582,7 @@ impl Tracer {
             (Some(rip), None) => format!("at {rip:#x}"),
             (None, _) => String::new(),
         };
-        let who = match thread {
-            Thread::Vcpu(n) => format!("vcpu{n}"),
-            Thread::EventLoop => "loop ".to_string(),
-            Thread::DiskIo => "disk ".to_string(),
-        };
+        let who = thread.label();
         self.write_line(&format!(
             "{:>11.6} {who} {:<10} {addr:<11} {text:<56} {at}  {:.1} us\n",
             self.start.elapsed().as_secs_f64(),

@@ -18,15 +18,12 @@ use std::time::Duration;
 
 use crate::pty::{self, Pty};
 use kiln_proto::copy::{pack, staging_parent, unpack, TarReader, TarWriter};
-use kiln_proto::{
-    kind, read_msg, write_msg, ExitStatus, Msg, Setup, HEADER_LEN, MAX_PAYLOAD, VERSION,
-};
+use kiln_proto::{kind, read_msg, write_msg, ExitStatus, FrameBuf, Msg, Setup, VERSION};
 
 /// The most one output frame carries: a full pipe (Linux's default size).
 const PUMP_CHUNK: usize = 64 * 1024;
 /// The buffer in front of the connection's reading side.
 const READ_BUF: usize = 256 * 1024;
-const _: () = assert!(PUMP_CHUNK <= MAX_PAYLOAD);
 
 /// A byte stream that can be split into a reading and a writing half.
 pub trait Channel: Read + Write + Send + Sized + 'static {
@@ -382,9 +379,9 @@ fn spawn(exec: &kiln_proto::Exec, opts: &Options, pty: Option<&Pty>) -> io::Resu
 }
 
 /// Copies one output stream into frames of type `kind`; an empty frame
-/// marks its end. Each frame is read straight into one buffer behind room
-/// for its header and goes out in one write(2): no allocation or copy per
-/// frame, one system call instead of two.
+/// marks its end. Each frame is read straight into one reused buffer
+/// behind room for its header and goes out in one write(2)
+/// ([`FrameBuf`]): no allocation or copy per frame.
 fn pump<R: Read + Send + 'static, C: Channel>(
     mut from: R,
     to: Arc<Mutex<C>>,
@@ -392,24 +389,21 @@ fn pump<R: Read + Send + 'static, C: Channel>(
     done: mpsc::Sender<()>,
 ) {
     thread::spawn(move || {
-        let mut buf = vec![0u8; HEADER_LEN + PUMP_CHUNK];
-        buf[0] = kind;
+        let mut buf = FrameBuf::new(kind, PUMP_CHUNK);
         loop {
-            let n = match from.read(&mut buf[HEADER_LEN..]) {
+            let n = match from.read(buf.payload()) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            buf[1..HEADER_LEN].copy_from_slice(&(n as u32).to_le_bytes());
             let mut w = to.lock().expect("writer lock");
-            if w.write_all(&buf[..HEADER_LEN + n]).is_err() {
+            if w.write_all(buf.frame(n)).is_err() {
                 return;
             }
         }
         // The end of the stream: an empty frame.
-        buf[1..HEADER_LEN].copy_from_slice(&0u32.to_le_bytes());
         {
             let mut w = to.lock().expect("writer lock");
-            let _ = w.write_all(&buf[..HEADER_LEN]).and_then(|()| w.flush());
+            let _ = w.write_all(buf.frame(0)).and_then(|()| w.flush());
         }
         let _ = done.send(());
     });
