@@ -207,6 +207,23 @@ fn run(args: &cli::RunArgs, start: Instant, explain: Option<trace::Explain>) -> 
     )
 }
 
+/// Prints what a run counted: `--trace`'s table, and with -v the exits,
+/// host repairs and device counters.
+pub(crate) fn print_counters(summary: &vmm::RunSummary, verbosity: u8) {
+    if let Some(table) = &summary.trace {
+        eprint!("{table}");
+    }
+    if verbosity >= 1 {
+        log::info!("exits: {}", summary.stats);
+        for r in &summary.repairs {
+            log::info!("host repairs: {r}");
+        }
+        for d in &summary.devices {
+            log::info!("{d}");
+        }
+    }
+}
+
 /// Reports how a VM run ended (counters with -v, the stop reason or the
 /// error) and returns kiln's exit code.
 pub(crate) fn report(
@@ -217,18 +234,7 @@ pub(crate) fn report(
 ) -> i32 {
     match result {
         Ok(summary) => {
-            if let Some(table) = &summary.trace {
-                eprint!("{table}");
-            }
-            if config.verbosity >= 1 {
-                log::info!("exits: {}", summary.stats);
-                for r in &summary.repairs {
-                    log::info!("host repairs: {r}");
-                }
-                for d in &summary.devices {
-                    log::info!("{d}");
-                }
-            }
+            print_counters(&summary, config.verbosity);
             match &summary.reason {
                 control::StopReason::Fatal(msg) => log::error!("{msg}"),
                 control::StopReason::GuestPanic => log::error!(

@@ -188,6 +188,60 @@ fn a_hundred_mib_stream_goes_through_cat_intact() {
     o.check(left.is_empty(), &format!("temporary files left: {left:?}"));
 }
 
+/// `yes | kiln run -- sleep`: a command that never reads its stdin while
+/// kiln's stdin never ends. kiln takes only a bounded window of input off
+/// its stdin (the agent grants more as the command reads), so neither the
+/// guest agent nor kiln piles up the input; kiln ends with the command.
+#[test]
+fn endless_stdin_to_a_command_that_never_reads_stays_bounded() {
+    const WAIT_S: u64 = 20;
+    let tmp = scratch("stdin-flood");
+    let script = format!("sleep {WAIT_S}; grep VmRSS /proc/1/status");
+    let mut r = Running::start(sandbox_cmd(&[], &[b"sh", b"-c", script.as_bytes()], &tmp));
+    let mut stdin = r.take_stdin();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let piece = [b'y'; 64 << 10];
+        let mut taken = 0u64;
+        while stdin.write_all(&piece).is_ok() {
+            taken += piece.len() as u64;
+        }
+        taken
+    });
+    let o = r.wait(TIMEOUT);
+    let taken = writer.join().expect("writer thread");
+    eprintln!(
+        "endless stdin, command asleep {WAIT_S} s: kiln took {} KiB off its stdin; {}",
+        taken >> 10,
+        o.stdout.trim()
+    );
+    o.check(!o.timed_out, "kiln finished by itself");
+    o.check(o.code == Some(0), "the command exits 0");
+    o.check(
+        o.stdout.contains("VmRSS"),
+        "the agent's memory was reported",
+    );
+    // The window (1 MiB) plus what pipes and socket buffers hold on the
+    // way: a few MiB at most, however long the command sleeps. (Without
+    // flow control: 11.8 MiB taken in 20 s and the agent at 12.5 MiB.)
+    o.check(
+        taken < 4 << 20,
+        &format!("kiln took only a window of input ({} KiB)", taken >> 10),
+    );
+    let rss_kib: u64 = o
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    o.check(
+        rss_kib < 6 << 10,
+        &format!("the agent holds no backlog (VmRSS {rss_kib} KiB)"),
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    o.check(left.is_empty(), &format!("temporary files left: {left:?}"));
+}
+
 fn payload_mix(i: u64) -> u64 {
     let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -23,6 +23,7 @@
 //! | 0x04 | EXITED | agent | u8 how (0: exit code, 1: killed by a signal, 2: the guest kernel's OOM killer struck), i32 the code or signal |
 //! | 0x05 | FAILED | agent | string: why the command could not start (EXITED follows) |
 //! | 0x06 | DONE | agent | u8 ok (1) or not (0), string: why not; answers COPY_IN and COPY_OUT |
+//! | 0x07 | CREDIT | agent | u32 bytes of STDIN the agent has passed on (or dropped): the host may send that many more |
 //! | 0x10 | EXEC | host | list argv, list env (`KEY=VALUE`), u8 has-workdir, string workdir, u8 has-tty, u16 rows, u16 columns |
 //! | 0x11 | STDIN | host | input bytes; empty: end of input |
 //! | 0x12 | SIGNAL | host | i32 signal number, for the command |
@@ -39,7 +40,16 @@
 //! each followed by its TAR frames and answered by DONE once unpacked;
 //! then the host sends EXEC, then STDIN and SIGNAL frames as they come;
 //! the agent streams STDOUT and STDERR and ends with EXITED (after FAILED
-//! when the command could not start). With a tty in EXEC the command runs
+//! when the command could not start).
+//!
+//! Input is flow-controlled, so a command that does not read its stdin
+//! cannot make the agent hold more than a window of it: the host may have
+//! at most [`STDIN_WINDOW`] bytes of STDIN payload sent and not yet
+//! credited. The agent sends CREDIT with the byte count of each STDIN
+//! payload once it has written it to the command (or dropped it because
+//! the command's stdin is closed or the command has ended). SIGNAL and
+//! RESIZE frames are never held back by the window. A host ignores CREDIT
+//! wherever it arrives (also after EXITED). With a tty in EXEC the command runs
 //! on a pseudo-terminal of that size: its output (stdout and stderr alike)
 //! comes as STDOUT, STDIN goes to the terminal (control characters such as
 //! ^C act as on any terminal; the end of input is not passed on), and
@@ -64,11 +74,14 @@ use std::io::{self, Read, Write};
 /// The vsock port the agent connects to on the host.
 pub const AGENT_PORT: u32 = 1024;
 /// The protocol version this crate speaks.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The most entropy one SETUP frame may carry.
 pub const MAX_ENTROPY: usize = 512;
 /// The largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 1 << 20;
+/// The most STDIN payload bytes the host may have sent and not yet had
+/// credited by CREDIT frames.
+pub const STDIN_WINDOW: u32 = 1 << 20;
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 5;
 
@@ -86,6 +99,8 @@ pub mod kind {
     pub const FAILED: u8 = 0x05;
     /// A copy request was carried out, or why not.
     pub const DONE: u8 = 0x06;
+    /// STDIN bytes passed on: the host may send that many more.
+    pub const CREDIT: u8 = 0x07;
     /// Run this command.
     pub const EXEC: u8 = 0x10;
     /// Input for the command.
@@ -192,6 +207,8 @@ pub enum Msg {
     CopyOut(Vec<u8>),
     /// A copy request is done: None, or why it failed.
     Done(Option<String>),
+    /// This many STDIN bytes were passed on to the command (or dropped).
+    Credit(u32),
     /// The terminal changed size.
     Resize(WinSize),
     /// The sandbox's clock, entropy and identity.
@@ -259,6 +276,7 @@ impl Msg {
             Msg::Tar(_) => kind::TAR,
             Msg::CopyOut(_) => kind::COPY_OUT,
             Msg::Done(_) => kind::DONE,
+            Msg::Credit(_) => kind::CREDIT,
             Msg::Resize(_) => kind::RESIZE,
             Msg::Setup(_) => kind::SETUP,
         }
@@ -269,7 +287,7 @@ impl Msg {
     pub fn encode(&self) -> Vec<u8> {
         let mut p = Vec::new();
         match self {
-            Msg::Hello { version } => p.extend_from_slice(&version.to_le_bytes()),
+            Msg::Hello { version: n } | Msg::Credit(n) => p.extend_from_slice(&n.to_le_bytes()),
             Msg::Stdout(d) | Msg::Stderr(d) | Msg::Stdin(d) | Msg::Tar(d) => p.extend_from_slice(d),
             Msg::CopyIn(path) | Msg::CopyOut(path) => put_bytes(&mut p, path),
             Msg::Done(why) => {
@@ -316,7 +334,7 @@ impl Msg {
             return Ok(None);
         }
         let kind = buf[0];
-        if !matches!(kind, 0x01..=0x06 | 0x10..=0x17) {
+        if !matches!(kind, 0x01..=0x07 | 0x10..=0x17) {
             return Err(ProtoError::UnknownType(kind));
         }
         let len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
@@ -410,6 +428,12 @@ fn parse(kind: u8, payload: &[u8]) -> Result<Msg, ProtoError> {
             let version = f.u32()?;
             f.end()?;
             Msg::Hello { version }
+        }
+        kind::CREDIT => {
+            let mut f = fields("CREDIT");
+            let n = f.u32()?;
+            f.end()?;
+            Msg::Credit(n)
         }
         kind::STDOUT => Msg::Stdout(payload.to_vec()),
         kind::STDERR => Msg::Stderr(payload.to_vec()),

@@ -34,6 +34,7 @@ fn all_kinds() -> Vec<Msg> {
         Msg::CopyOut(b"/out".to_vec()),
         Msg::Done(None),
         Msg::Done(Some("no such file".into())),
+        Msg::Credit(STDIN_WINDOW),
         Msg::Resize(WinSize {
             rows: 65535,
             cols: 1,
@@ -89,6 +90,7 @@ fn bad_frames_are_errors_not_panics() {
     // whose list count runs past the frame or with no program.
     for frame in [
         vec![kind::HELLO, 2, 0, 0, 0, 1, 0],
+        vec![kind::CREDIT, 5, 0, 0, 0, 1, 0, 0, 0, 0],
         vec![kind::EXITED, 5, 0, 0, 0, 1, 0xff, 0, 0, 0],
         vec![kind::EXITED, 5, 0, 0, 0, 9, 0, 0, 0, 0],
         vec![kind::EXEC, 4, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f],

@@ -7,9 +7,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_proto::{read_msg, write_data, write_msg, Exec, Msg, Setup, WinSize, VERSION};
+use kiln_proto::{read_msg, write_msg, Exec, Msg, Setup, WinSize, VERSION};
 
 use super::copy::{fetch_out, send_in, CopyIn, CopyOut, Output};
+use super::stdin::{self, CloseOnDrop, Window};
 use super::{Outcome, Settle};
 
 /// What the session does: files in, the command, files out.
@@ -204,9 +205,13 @@ fn session(
     // Signals go to the command from the moment it is on its way.
     let (signals, forwarded) = mpsc::channel();
     settle.forward_signals_to(signals);
+    // Input goes as the agent's credit allows; when the session ends,
+    // however it ends, the thread sending it stops.
+    let window = Arc::new(Window::default());
+    let _close = CloseOnDrop(&window);
     {
-        let to_guest = to_guest.clone();
-        std::thread::spawn(move || forward_stdin(input, &to_guest));
+        let (to_guest, window) = (to_guest.clone(), window.clone());
+        std::thread::spawn(move || stdin::forward(input, &*to_guest, &window));
     }
     if let Some(size) = tty {
         let to_guest = to_guest.clone();
@@ -230,6 +235,10 @@ fn session(
             Err(e) => return bad_agent(e),
         };
         let written = match msg {
+            Msg::Credit(n) => {
+                window.give(n);
+                Ok(())
+            }
             Msg::Stdout(d) if d.is_empty() => Ok(()),
             Msg::Stderr(d) if d.is_empty() => Ok(()),
             Msg::Stdout(d) => output.write_all(&d).and_then(|()| output.flush()),
@@ -298,28 +307,6 @@ fn follow_window_size(mut size: WinSize, to: &Mutex<UnixStream>) {
             }
         }
     }
-}
-
-/// Copies kiln's stdin to the command; its end becomes the command's.
-fn forward_stdin(mut stdin: Box<dyn Read + Send>, to: &Mutex<UnixStream>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stdin.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let mut w = to.lock().expect("agent writer");
-                if write_data(&mut *w, &buf[..n], Msg::Stdin).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    let _ = write_msg(
-        &mut *to.lock().expect("agent writer"),
-        &Msg::Stdin(Vec::new()),
-    );
 }
 
 #[cfg(test)]

@@ -164,12 +164,14 @@ pub struct Output<'a> {
 }
 
 impl Output<'_> {
-    /// Reads the next frame that is not output (which is written out).
+    /// Reads the next frame that is not output (which is written out) or
+    /// a late CREDIT for input (which no longer matters).
     fn next(&mut self, mut s: &UnixStream) -> io::Result<Option<Msg>> {
         loop {
             match read_msg(&mut s)? {
                 Some(Msg::Stdout(d)) => self.out.write_all(&d)?,
                 Some(Msg::Stderr(d)) => self.err.write_all(&d)?,
+                Some(Msg::Credit(_)) => {}
                 other => return Ok(other),
             }
         }

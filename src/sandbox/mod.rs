@@ -12,6 +12,7 @@
 
 mod client;
 mod copy;
+mod stdin;
 mod template;
 
 use std::ffi::OsString;
@@ -311,6 +312,9 @@ pub fn run(args: &RunArgs, start: Instant) -> i32 {
         )),
         (None, false) => None,
     };
+    if let Ok(summary) = &result {
+        crate::print_counters(summary, prepared.config.verbosity);
+    }
     let (code, line) = match (settle.outcome(), result) {
         (Some(Outcome::GuestStopped(_) | Outcome::AgentNeverUp(_)), _) if panicked.is_some() => {
             panicked.expect("checked").exit()

@@ -280,15 +280,20 @@ fn run<C: Channel>(
             (2, Box::new(child.stdin.take().expect("piped")))
         }
     };
+    // Input: each piece is credited once the command has it (or once it
+    // is dropped because the command's stdin is closed), so the host
+    // never has more than a window of it queued here.
+    let credit = writer.clone();
     thread::spawn(move || {
         let mut stdin = Some(stdin);
         for data in input {
-            let Some(s) = stdin.as_mut() else { continue };
-            if data.is_empty() && tty {
-                continue;
+            if let Some(s) = stdin.as_mut() {
+                if (data.is_empty() && !tty) || s.write_all(&data).is_err() {
+                    stdin = None; // end of input, or the command closed it
+                }
             }
-            if data.is_empty() || s.write_all(&data).is_err() {
-                stdin = None; // end of input, or the command closed it
+            if !data.is_empty() && send(&credit, &Msg::Credit(data.len() as u32)).is_err() {
+                return;
             }
         }
     });
@@ -528,6 +533,52 @@ mod tests {
         let (msgs, status) = session(&[b"cat"], &[b"PATH=/bin:/usr/bin"], &input);
         assert_eq!(status.unwrap(), ExitStatus::Code(0));
         assert_eq!(stream(&msgs, out), input);
+        let credited: u32 = msgs
+            .iter()
+            .map(|m| if let Msg::Credit(n) = m { *n } else { 0 })
+            .sum();
+        assert_eq!(credited as usize, input.len(), "every byte credited");
+    }
+
+    /// Input is credited only as the command takes it: a command asleep
+    /// holds up the credit (the host then stops sending), and what it
+    /// never read is credited once it has ended.
+    #[test]
+    fn input_is_credited_as_the_command_takes_it() {
+        const PIECE: usize = 64 * 1024;
+        let (agent, mut host) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || serve(agent, &Options::default()));
+        read_msg(&mut host).unwrap();
+        let script = "sleep 0.5; echo woke; sleep 0.5";
+        let exec = Exec {
+            argv: vec![b"sh".to_vec(), b"-c".to_vec(), script.as_bytes().to_vec()],
+            env: vec![b"PATH=/bin:/usr/bin".to_vec()],
+            workdir: None,
+            tty: None,
+        };
+        write_msg(&mut host, &Msg::Exec(exec)).unwrap();
+        for _ in 0..8 {
+            write_msg(&mut host, &Msg::Stdin(vec![b'y'; PIECE])).unwrap();
+        }
+        write_msg(&mut host, &Msg::Stdin(Vec::new())).unwrap();
+        let (mut credited, mut before_woke, mut exited) = (0usize, None, false);
+        while credited < 8 * PIECE || !exited {
+            match read_msg(&mut host).unwrap().unwrap() {
+                Msg::Credit(n) => credited += n as usize,
+                Msg::Stdout(d) if d == b"woke\n" => before_woke = Some(credited),
+                Msg::Exited(s) => {
+                    assert_eq!(s, ExitStatus::Code(0));
+                    exited = true;
+                }
+                _ => {}
+            }
+        }
+        // A pipe holds 64 KiB: at most that much went to the sleeper.
+        let before_woke = before_woke.expect("the command's output");
+        assert!(before_woke <= PIECE, "{before_woke} bytes credited early");
+        assert_eq!(credited, 8 * PIECE, "the rest credited once it ended");
+        drop(host);
+        server.join().unwrap().unwrap();
     }
 
     #[test]
@@ -662,7 +713,7 @@ mod tests {
         write_msg(&mut host, &Msg::Exec(exec)).unwrap();
         // The end of input is not passed on to a terminal.
         write_msg(&mut host, &Msg::Stdin(Vec::new())).unwrap();
-        let (mut out, mut errors, mut sent) = (Vec::new(), 0, false);
+        let (mut out, mut errors, mut sent, mut credited) = (Vec::new(), 0, false, 0);
         let status = loop {
             match read_msg(&mut host).unwrap().unwrap() {
                 Msg::Stdout(d) => {
@@ -679,6 +730,7 @@ mod tests {
                     }
                 }
                 Msg::Stderr(_) => errors += 1,
+                Msg::Credit(n) => credited += n,
                 Msg::Exited(s) => break s,
                 other => panic!("{other:?}"),
             }
@@ -689,6 +741,7 @@ mod tests {
         assert!(out.starts_with("33 101\r\n/dev/pts/"), "{out:?}");
         assert!(out.ends_with("hello\r\ngot hello\r\n40 120\r\n"), "{out:?}");
         assert_eq!(errors, 0, "a terminal has one output stream");
+        assert_eq!(credited, 6, "the line was credited");
         server.join().unwrap().unwrap();
     }
 }
