@@ -121,6 +121,17 @@ fn one_boot_makes_the_template_and_clones_restore_it_each_as_itself() {
         "first (booted) run took {:.1} s",
         first.elapsed.as_secs_f64()
     );
+
+    // A clone counts and traces as a booted kiln does: --trace's table
+    // and -v's counters come after the command.
+    let o = finished(run(cache.path(), &["--trace=vsock"], "echo traced"));
+    o.check(o.code == Some(0) && o.stdout == "traced\n", "ran");
+    o.check(restored(&o), "restored");
+    o.check(
+        o.stderr.contains("kiln trace: ") && o.stderr.contains("  vsock "),
+        "the trace's table, with the vsock device's line",
+    );
+    o.check(o.stderr.contains("kiln: exits: "), "-v's exit counters");
 }
 
 #[test]

@@ -356,6 +356,7 @@ fn restore(
         .map_err(|e| e.to_string())?;
     restored.console_tail.clone_from(&config.console_tail);
     restored.kvm_device.clone_from(&config.kvm_device);
+    restored.trace.clone_from(&config.trace);
     crate::vmm::Machine::restore(&restored, &snap, files, start, control).map_err(|e| e.to_string())
 }
 
