@@ -10,9 +10,11 @@
 //! same but leaves mounts and the machine alone, which is how an image
 //! with its own init can start it.
 
+mod command;
 mod pty;
 mod session;
 mod sys;
+mod workers;
 
 use std::time::Duration;
 
@@ -40,6 +42,9 @@ fn main() {
         apply_setup: pid1,
         ..Default::default()
     };
+    // The session's threads, made before HELLO: a sandbox restored from
+    // a template snapshot (taken at HELLO) has them already.
+    workers::start(workers::SESSION_THREADS);
     let result = loop {
         let served = sys::vsock_connect(HOST_CID, AGENT_PORT, CONNECT_WITHIN)
             // Returns once the host has closed the connection (it stops

@@ -7,15 +7,13 @@
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
+use crate::command;
 use crate::pty::{self, Pty};
 use kiln_proto::copy::{pack, staging_parent, unpack, TarReader, TarWriter};
 use kiln_proto::{kind, read_msg, write_msg, ExitStatus, FrameBuf, Msg, Setup, VERSION};
@@ -161,7 +159,7 @@ pub fn serve<C: Channel>(conn: C, opts: &Options) -> io::Result<ExitStatus> {
     {
         let command_pid = command_pid.clone();
         let terminal = terminal.clone();
-        thread::spawn(move || {
+        crate::workers::spawn(move || {
             while let Ok(Some(msg)) = read_msg(&mut reader) {
                 match msg {
                     Msg::Stdin(data) => {
@@ -241,7 +239,7 @@ fn run<C: Channel>(
             return Ok(ExitStatus::Code(126));
         }
     };
-    let mut child = match spawn(exec, opts, pty.as_ref()) {
+    let mut child = match command::spawn(exec, opts, pty.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             let name = String::from_utf8_lossy(&exec.argv[0]).into_owned();
@@ -284,7 +282,7 @@ fn run<C: Channel>(
     // is dropped because the command's stdin is closed), so the host
     // never has more than a window of it queued here.
     let credit = writer.clone();
-    thread::spawn(move || {
+    crate::workers::spawn(move || {
         let mut stdin = Some(stdin);
         for data in input {
             if let Some(s) = stdin.as_mut() {
@@ -298,7 +296,7 @@ fn run<C: Channel>(
         }
     });
 
-    let mut status = wait(&mut child, opts.reap_all)?;
+    let mut status = command::wait(&mut child, opts.reap_all)?;
     command_pid.store(0, Ordering::Release);
     terminal.lock().expect("terminal").master = None;
     if matches!(
@@ -358,31 +356,6 @@ fn send<C: Write>(w: &Mutex<C>, msg: &Msg) -> io::Result<()> {
     w.flush()
 }
 
-fn spawn(exec: &kiln_proto::Exec, opts: &Options, pty: Option<&Pty>) -> io::Result<Child> {
-    let mut cmd = Command::new(OsStr::from_bytes(&exec.argv[0]));
-    cmd.args(exec.argv[1..].iter().map(|a| OsStr::from_bytes(a)))
-        .env_clear()
-        .current_dir(
-            exec.workdir
-                .as_deref()
-                .map_or(OsStr::new(opts.workdir), OsStr::from_bytes),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(pty) = pty {
-        pty.attach(&mut cmd)?;
-    }
-    for kv in &exec.env {
-        let (k, v) = match kv.iter().position(|&b| b == b'=') {
-            Some(i) => (&kv[..i], &kv[i + 1..]),
-            None => (&kv[..], &b""[..]),
-        };
-        cmd.env(OsStr::from_bytes(k), OsStr::from_bytes(v));
-    }
-    cmd.spawn()
-}
-
 /// Copies one output stream into frames of type `kind`; an empty frame
 /// marks its end. Each frame is read straight into one reused buffer
 /// behind room for its header and goes out in one write(2)
@@ -393,7 +366,7 @@ fn pump<R: Read + Send + 'static, C: Channel>(
     kind: u8,
     done: mpsc::Sender<()>,
 ) {
-    thread::spawn(move || {
+    crate::workers::spawn(move || {
         let mut buf = FrameBuf::new(kind, PUMP_CHUNK);
         loop {
             let n = match from.read(buf.payload()) {
@@ -414,37 +387,10 @@ fn pump<R: Read + Send + 'static, C: Channel>(
     });
 }
 
-/// Waits for the command; as PID 1 also reaps every orphan meanwhile.
-fn wait(child: &mut Child, reap_all: bool) -> io::Result<ExitStatus> {
-    let status = if reap_all {
-        let pid = child.id() as i32;
-        loop {
-            let mut raw = 0;
-            // SAFETY: waitpid(2) with a valid pointer to a local int.
-            let got = unsafe { libc::waitpid(-1, &mut raw, 0) };
-            if got == pid {
-                break std::process::ExitStatus::from_raw(raw);
-            }
-            if got < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    } else {
-        child.wait()?
-    };
-    Ok(match (status.code(), status.signal()) {
-        (Some(c), _) => ExitStatus::Code(c),
-        (None, Some(s)) => ExitStatus::Signal(s),
-        (None, None) => ExitStatus::Code(255),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixStream;
+    use std::thread;
 
     use std::os::unix::ffi::OsStrExt;
 
