@@ -643,7 +643,17 @@ impl<B: Backend> VirtioDevice for Net<B> {
             RX_QUEUE if !self.broken => self.process_rx(&mut queues[RX_QUEUE], mem),
             // While the tap is full, the event loop calls process_backend
             // when it drains; trying now would only fail again.
-            TX_QUEUE if !self.tx_blocked => self.process_tx(&mut queues[TX_QUEUE], mem),
+            TX_QUEUE if !self.tx_blocked => {
+                let mut interrupt = self.process_tx(&mut queues[TX_QUEUE], mem);
+                // What was just sent often has its answer waiting already
+                // (the host kernel answers an ARP request or a ping inside
+                // the write): deliver it now, with one interrupt for both,
+                // instead of after another round of the event loop.
+                if !self.broken && self.rx.pending == 0 {
+                    interrupt |= self.process_rx(&mut queues[RX_QUEUE], mem);
+                }
+                interrupt
+            }
             _ => false,
         }
     }

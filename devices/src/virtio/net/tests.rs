@@ -370,6 +370,27 @@ fn a_full_backend_pauses_transmit_without_losing_frames() {
     assert!(!rig.net.backend_interest().writable);
 }
 
+/// The host kernel answers a ping or an ARP request inside the write: the
+/// answer goes to the guest in the same pass as the transmit.
+#[test]
+fn an_answer_waiting_after_a_transmit_is_received_in_the_same_pass() {
+    let mut rig = Rig::new(0);
+    let (rxq, txq, mut queues) = rings(&rig.mem);
+    rxq.add_chain(0, &[(0x30000, 2048, true)]);
+    let request = with_header(&frame(60, 1));
+    rig.mem
+        .write_slice(&request, GuestAddress(0x10000))
+        .unwrap();
+    txq.add_chain(0, &[(0x10000, request.len() as u32, false)]);
+    activate(&mut rig.net, 0);
+    let answer = with_header(&frame(60, 2));
+    rig.peer.send(&answer).unwrap();
+
+    assert!(rig.net.process_queue(TX_QUEUE, &mut queues, &rig.mem));
+    assert_eq!(txq.used(), vec![(0, 0)]);
+    assert_eq!(rxq.used(), vec![(0, answer.len() as u32)]);
+}
+
 #[test]
 fn receive_fills_one_chain_without_mergeable_buffers() {
     let mut rig = Rig::new(0);
