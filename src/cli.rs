@@ -23,6 +23,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
+    /// seccomp filters on kiln's threads: on (a system call outside a
+    /// thread's allow-list stops kiln with a line naming it, exit 159),
+    /// log (the host kernel logs such calls, kiln goes on) or off.
+    #[arg(long, global = true, value_enum, default_value = "on")]
+    pub seccomp: crate::seccomp::Mode,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -33,6 +33,9 @@ pub enum EventLoopError {
         /// Why.
         error: std::io::Error,
     },
+    /// A device thread could not narrow its system calls.
+    #[error("{0}")]
+    Seccomp(crate::seccomp::SeccompError),
 }
 
 /// A subscriber shared with the event manager.
@@ -258,8 +261,13 @@ impl MutEventSubscriber for StopWatch {
 }
 
 impl IoThread {
-    /// Starts thread `name` serving `subscribers`.
-    pub fn spawn(name: &str, subscribers: Vec<Subscriber>) -> Result<IoThread, EventLoopError> {
+    /// Starts thread `name` serving `subscribers`; the thread narrows its
+    /// system calls to `kind`'s seccomp list before it serves anything.
+    pub fn spawn(
+        name: &str,
+        kind: crate::seccomp::ThreadKind,
+        subscribers: Vec<Subscriber>,
+    ) -> Result<IoThread, EventLoopError> {
         let failed = |error| EventLoopError::Thread {
             name: name.to_string(),
             error,
@@ -276,9 +284,17 @@ impl IoThread {
             manager.add_subscriber(s);
         }
         let thread_name = name.to_string();
+        let (filtered_tx, filtered) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                let installed = crate::seccomp::install(kind);
+                let ok = installed.is_ok();
+                let _ = filtered_tx.send(installed);
+                if !ok {
+                    return;
+                }
+                crate::seccomp::selftest(kind);
                 while !stopped.load(Ordering::SeqCst) {
                     if let Err(e) = manager.run() {
                         log::error!("{thread_name}: its event loop failed: {e:?}");
@@ -287,6 +303,17 @@ impl IoThread {
                 }
             })
             .map_err(failed)?;
+        match filtered.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(EventLoopError::Seccomp(e));
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(failed(std::io::Error::other("it ended at its start")));
+            }
+        }
         Ok(IoThread {
             stop,
             handle: Some(handle),

@@ -13,6 +13,7 @@ mod logger;
 mod pvm;
 mod report;
 mod sandbox;
+mod seccomp;
 mod snapshot;
 mod stats;
 mod terminal;
@@ -40,6 +41,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(parse_error(&e)),
     };
+    seccomp::set_mode(cli.seccomp);
     let code = match cli.command {
         Some(Command::Run(args)) if !args.command.is_empty() => sandbox::run(&args, start),
         Some(Command::Run(args)) => run(&args, start, None),

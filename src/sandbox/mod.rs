@@ -204,6 +204,8 @@ impl Settle {
 
 /// Runs `args.command` in a sandbox VM; returns kiln's exit code.
 pub fn run(args: &RunArgs, start: Instant) -> i32 {
+    // A forbidden system call is one of kiln's own errors here.
+    crate::seccomp::set_exit_code(EXIT_KILN);
     // stderr is the command's: only warnings and errors unless -v.
     crate::logger::init(if args.quiet { 0 } else { args.verbose });
     let prepared = match prepare(args) {

@@ -555,7 +555,11 @@ fn assemble(
                 .expect("virtio lock")
                 .set_thread(Thread::DiskIo);
             let name = format!("kiln-disk{i}");
-            disk_threads.push(IoThread::spawn(&name, vec![d.events.clone()])?);
+            disk_threads.push(IoThread::spawn(
+                &name,
+                crate::seccomp::ThreadKind::Disk,
+                vec![d.events.clone()],
+            )?);
         } else {
             event_loop.add(d.events.clone());
         }

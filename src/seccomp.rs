@@ -1,0 +1,384 @@
+//! seccomp: each kiln thread that handles guest-controlled data first
+//! narrows the system calls it may make to an allow-list of its own
+//! (built with the `seccompiler` crate), so a guest that took over the
+//! thread could do little more than the thread already does.
+//!
+//! `--seccomp on` (the default): a call outside the list stops kiln with
+//! one line naming the thread and the call, exit code 159 (128 + SIGSYS, as
+//! a shell reports a process killed by SIGSYS; `kiln run -- CMD` exits with
+//! its code for kiln's own errors, 125, instead). `--seccomp log`: the call
+//! goes through and the host kernel logs it (audit, `dmesg`), for finding
+//! what a list misses. `--seccomp off`: no filters.
+//!
+//! Which threads have a list so far: the disk threads (`kiln-diskN`). The
+//! measurements the lists come from, and the plan for the other threads,
+//! are in docs/design/seccomp-inventory.md.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+
+/// The exit code after a forbidden system call: 128 + SIGSYS (a sandbox
+/// sets its own code for kiln's errors instead: [`set_exit_code`]).
+pub const EXIT_SECCOMP: i32 = 128 + libc::SIGSYS;
+
+static EXIT_CODE: AtomicI32 = AtomicI32::new(EXIT_SECCOMP);
+
+/// The exit code kiln stops with after a forbidden call.
+pub fn set_exit_code(code: i32) {
+    EXIT_CODE.store(code, Ordering::Relaxed);
+}
+
+/// What `--seccomp` asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// No filters.
+    Off,
+    /// Filters that let every call through and have the kernel log the
+    /// ones outside the lists.
+    Log,
+    /// Filters that stop kiln at the first call outside the lists.
+    #[default]
+    On,
+}
+
+/// A kind of thread with an allow-list of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// A disk's I/O thread (event_loop::IoThread): reads and writes the
+    /// image for the guest's requests.
+    Disk,
+}
+
+impl ThreadKind {
+    fn label(self) -> &'static str {
+        match self {
+            ThreadKind::Disk => "disk I/O",
+        }
+    }
+}
+
+/// Errors installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The filter could not be built (a bug in a list).
+    #[error("cannot build the seccomp filter for the {0} thread: {1}")]
+    Build(&'static str, seccompiler::BackendError),
+    /// The kernel refused it.
+    #[error("cannot install the seccomp filter for the {0} thread: {1}; run with --seccomp off on a host without seccomp")]
+    Install(&'static str, seccompiler::Error),
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+/// Sets the mode for the whole process (once, before any thread starts);
+/// with `on`, installs the handler that reports a forbidden call.
+pub fn set_mode(mode: Mode) {
+    if MODE.set(mode).is_ok() && mode == Mode::On {
+        install_sigsys_handler();
+    }
+}
+
+fn mode() -> Mode {
+    MODE.get().copied().unwrap_or_default()
+}
+
+thread_local! {
+    /// The kind of the current thread's filter, for the SIGSYS report.
+    static KIND: std::cell::Cell<Option<ThreadKind>> = const { std::cell::Cell::new(None) };
+}
+
+/// Narrows the current thread's system calls to `kind`'s list (nothing
+/// with `--seccomp off`). Call it before the thread touches guest data.
+pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
+    let mismatch = match mode() {
+        Mode::Off => return Ok(()),
+        Mode::Log => SeccompAction::Log,
+        Mode::On => SeccompAction::Trap,
+    };
+    let program = filter(kind, mismatch)?;
+    KIND.with(|k| k.set(Some(kind)));
+    seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind.label(), e))
+}
+
+/// The BPF program for `kind`: its list allowed, anything else `mismatch`.
+fn filter(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        allowed(kind).iter().map(|&nr| (nr, Vec::new())).collect();
+    SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| SeccompError::Build(kind.label(), e))
+}
+
+/// What every Rust thread needs outside its own work: memory (malloc's
+/// arenas), locks, its signal stack and mask, its end, and the report of
+/// a forbidden call (write, exit_group).
+const EVERY_THREAD: &[i64] = &[
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_getrandom,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_sigaltstack,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_close,
+    libc::SYS_write,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// A disk thread: its event loop (epoll, eventfds, the irqfd), the
+/// image's reads and writes (plain and vectored), FLUSH, DISCARD and
+/// WRITE_ZEROES (measured: docs/design/seccomp-inventory.md, 2.3).
+const DISK: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fallocate,
+];
+
+fn allowed(kind: ThreadKind) -> Vec<i64> {
+    let own = match kind {
+        ThreadKind::Disk => DISK,
+    };
+    EVERY_THREAD.iter().chain(own).copied().collect()
+}
+
+/// Names the system calls the lists mention, and a few a taken-over
+/// thread would try first; others are reported by number.
+fn syscall_name(nr: i64) -> Option<&'static str> {
+    const NAMES: &[(i64, &str)] = &[
+        (libc::SYS_read, "read"),
+        (libc::SYS_write, "write"),
+        (libc::SYS_open, "open"),
+        (libc::SYS_openat, "openat"),
+        (libc::SYS_close, "close"),
+        (libc::SYS_ioctl, "ioctl"),
+        (libc::SYS_socket, "socket"),
+        (libc::SYS_connect, "connect"),
+        (libc::SYS_bind, "bind"),
+        (libc::SYS_listen, "listen"),
+        (libc::SYS_accept4, "accept4"),
+        (libc::SYS_sendto, "sendto"),
+        (libc::SYS_recvfrom, "recvfrom"),
+        (libc::SYS_clone, "clone"),
+        (libc::SYS_clone3, "clone3"),
+        (libc::SYS_fork, "fork"),
+        (libc::SYS_vfork, "vfork"),
+        (libc::SYS_execve, "execve"),
+        (libc::SYS_execveat, "execveat"),
+        (libc::SYS_kill, "kill"),
+        (libc::SYS_tgkill, "tgkill"),
+        (libc::SYS_ptrace, "ptrace"),
+        (libc::SYS_prctl, "prctl"),
+        (libc::SYS_mount, "mount"),
+        (libc::SYS_unlink, "unlink"),
+        (libc::SYS_unlinkat, "unlinkat"),
+        (libc::SYS_rename, "rename"),
+        (libc::SYS_renameat2, "renameat2"),
+        (libc::SYS_mkdir, "mkdir"),
+        (libc::SYS_mkdirat, "mkdirat"),
+        (libc::SYS_getppid, "getppid"),
+        (libc::SYS_newfstatat, "newfstatat"),
+        (libc::SYS_statx, "statx"),
+        (libc::SYS_fstat, "fstat"),
+        (libc::SYS_lseek, "lseek"),
+        (libc::SYS_epoll_ctl, "epoll_ctl"),
+        (libc::SYS_readv, "readv"),
+        (libc::SYS_writev, "writev"),
+        (libc::SYS_sched_getaffinity, "sched_getaffinity"),
+    ];
+    NAMES.iter().find(|&&(n, _)| n == nr).map(|&(_, name)| name)
+}
+
+fn install_sigsys_handler() {
+    // SAFETY: a zeroed sigaction is a valid starting point; the handler
+    // has the SA_SIGINFO signature and only calls async-signal-safe code.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_sigsys as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut());
+    }
+}
+
+/// Writes `s` into `buf` at `*at`.
+fn put(buf: &mut [u8], at: &mut usize, s: &[u8]) {
+    let n = s.len().min(buf.len() - *at);
+    buf[*at..*at + n].copy_from_slice(&s[..n]);
+    *at += n;
+}
+
+/// The report of a forbidden call: one line, no allocation.
+fn report(buf: &mut [u8], kind: Option<ThreadKind>, nr: i64) -> usize {
+    let mut at = 0;
+    put(buf, &mut at, b"kiln: error: seccomp: the ");
+    put(
+        buf,
+        &mut at,
+        kind.map_or("unfiltered", ThreadKind::label).as_bytes(),
+    );
+    put(buf, &mut at, b" thread made the system call ");
+    if let Some(name) = syscall_name(nr) {
+        put(buf, &mut at, name.as_bytes());
+        put(buf, &mut at, b" (");
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = nr.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(buf, &mut at, &digits[i..]);
+    if syscall_name(nr).is_some() {
+        put(buf, &mut at, b")");
+    }
+    put(
+        buf,
+        &mut at,
+        b", which its allow-list forbids; kiln stops (a kiln bug or a guest exploiting one: please report it; --seccomp log finds such calls without stopping)\n",
+    );
+    at
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // siginfo's _sigsys member: the call's number is the int at byte 24
+    // (after si_signo, si_errno, si_code, padding and _call_addr).
+    // SAFETY: the kernel passes a valid siginfo_t for SIGSYS.
+    let nr = unsafe { *(info as *const i32).add(6) } as i64;
+    let kind = KIND.with(|k| k.get());
+    let mut buf = [0u8; 320];
+    let n = report(&mut buf, kind, nr);
+    // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by
+    // every list.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), n);
+        libc::_exit(EXIT_CODE.load(Ordering::Relaxed));
+    }
+}
+
+/// For tests of a real kiln: with `KILN_SECCOMP_SELFTEST` naming this
+/// thread's kind (`disk`), the thread makes a call outside its list right
+/// after installing its filter (getppid, which no list has).
+pub fn selftest(kind: ThreadKind) {
+    let wanted = std::env::var("KILN_SECCOMP_SELFTEST").ok();
+    let name = match kind {
+        ThreadKind::Disk => "disk",
+    };
+    if wanted.as_deref() == Some(name) {
+        // SAFETY: getppid has no arguments and no effect.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_list_builds_into_a_program() {
+        for mismatch in [SeccompAction::Trap, SeccompAction::Log] {
+            let p = filter(ThreadKind::Disk, mismatch).unwrap();
+            assert!(!p.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_report_names_the_thread_and_the_call() {
+        let mut buf = [0u8; 320];
+        let n = report(&mut buf, Some(ThreadKind::Disk), libc::SYS_socket);
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            line.starts_with(
+                "kiln: error: seccomp: the disk I/O thread made the system call socket (41), which"
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with(")\n"));
+        let n = report(&mut buf, None, 999);
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            line.contains("the unfiltered thread made the system call 999, "),
+            "{line}"
+        );
+    }
+
+    /// In a child process (the filter stays with it): the disk list lets
+    /// the thread's own calls through and stops anything else with the
+    /// report and exit code 159.
+    #[test]
+    fn a_filtered_thread_is_stopped_at_a_forbidden_call() {
+        let program = filter(ThreadKind::Disk, SeccompAction::Trap).unwrap();
+        let (r, w) = {
+            let mut fds = [0; 2];
+            // SAFETY: pipe(2) fills the two-int array.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            (fds[0], fds[1])
+        };
+        // SAFETY: the child only makes raw system calls (no allocation,
+        // no locks) before it exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: raw calls on our own fds and memory in the child.
+            unsafe {
+                libc::dup2(w, 2);
+                install_sigsys_handler();
+                KIND.with(|k| k.set(Some(ThreadKind::Disk)));
+                if seccompiler::apply_filter(&program).is_err() {
+                    libc::_exit(3);
+                }
+                // Allowed: a read of nothing.
+                let mut b = 0u8;
+                libc::syscall(libc::SYS_pread64, r, &mut b as *mut u8, 0usize, 0i64);
+                // Forbidden.
+                libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0);
+                libc::_exit(4);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: closing our copy of the write end; waitpid on our child.
+        unsafe {
+            libc::close(w);
+            libc::waitpid(pid, &mut status, 0);
+        }
+        let mut out = vec![0u8; 1024];
+        // SAFETY: reading into our own buffer from our pipe.
+        let n = unsafe { libc::read(r, out.as_mut_ptr().cast(), out.len()) };
+        // SAFETY: closing our fd.
+        unsafe { libc::close(r) };
+        let out = String::from_utf8_lossy(&out[..n.max(0) as usize]).into_owned();
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), EXIT_SECCOMP, "{out}");
+        assert!(
+            out.contains("disk I/O thread made the system call socket (41)"),
+            "{out}"
+        );
+    }
+}
