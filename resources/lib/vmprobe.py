@@ -173,13 +173,22 @@ def guest_touched_kib(pid, guest_kib):
     return best[1], best[2]
 
 
-def memory(pattern, guest_mib, cmd, timeout):
+def started(cmd, pattern, timeout, key):
+    """Starts `cmd` and waits for `pattern` on its console: (the process,
+    None), or, after killing it, (None, the failure line for `key`)."""
     proc = spawn(cmd)
     w = Watch(proc, pattern)
-    if not w.wait(timeout):
-        kill(proc)
-        code = reap(proc, timeout)
-        return f"overhead_kib=- exit={code} why={why(w)}"
+    if w.wait(timeout):
+        return proc, None
+    kill(proc)
+    code = reap(proc, timeout)
+    return None, f"{key}=- exit={code} why={why(w)}"
+
+
+def memory(pattern, guest_mib, cmd, timeout):
+    proc, failed = started(cmd, pattern, timeout, "overhead_kib")
+    if failed:
+        return failed
     time.sleep(0.2)  # let start-up settle
     rss = proc_kib(proc.pid, "status", "VmRSS")
     hwm = proc_kib(proc.pid, "status", "VmHWM")
@@ -214,12 +223,9 @@ def qmp(path, commands):
 
 
 def qemu_save(pattern, sock, path, cmd, timeout):
-    proc = spawn(cmd)
-    w = Watch(proc, pattern)
-    if not w.wait(timeout):
-        kill(proc)
-        code = reap(proc, timeout)
-        return f"save_s=- exit={code} why={why(w)}"
+    proc, failed = started(cmd, pattern, timeout, "save_s")
+    if failed:
+        return failed
     t0 = time.monotonic()
     qmp(sock, [{"execute": "migrate", "arguments": {"uri": f"exec:cat > {path}"}}])
     state = "?"
