@@ -12,8 +12,9 @@ use kiln_proto::ExitStatus;
 use crate::pty::Pty;
 use crate::session::Options;
 
-/// The PATH a command gets when its environment has none.
-const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where a program is looked for when neither the command's environment
+/// nor the agent's own has a PATH (execvp's default).
+const DEFAULT_PATH: &[u8] = b"/bin:/usr/bin";
 
 /// Where `execvp` would find program `name` (no `/` in it) along `path`
 /// (relative entries, the empty one included, are taken from `workdir`):
@@ -41,10 +42,14 @@ pub fn spawn(exec: &kiln_proto::Exec, opts: &Options, pty: Option<&Pty>) -> io::
             .as_deref()
             .map_or(OsStr::new(opts.workdir), OsStr::from_bytes),
     );
+    // As std (and execvp) look a program up: along the command's PATH,
+    // else the agent's own.
+    let own_path = std::env::var_os("PATH");
     let path_var = exec
         .env
         .iter()
         .find_map(|kv| kv.strip_prefix(b"PATH="))
+        .or(own_path.as_ref().map(|p| p.as_bytes()))
         .unwrap_or(DEFAULT_PATH);
     let program = if name.contains(&b'/') {
         None
