@@ -240,7 +240,8 @@ fn report(buf: &mut [u8], kind: Option<ThreadKind>, nr: i64) -> usize {
         kind.map_or("unfiltered", ThreadKind::label).as_bytes(),
     );
     put(buf, &mut at, b" thread made the system call ");
-    if let Some(name) = syscall_name(nr) {
+    let name = syscall_name(nr);
+    if let Some(name) = name {
         put(buf, &mut at, name.as_bytes());
         put(buf, &mut at, b" (");
     }
@@ -256,7 +257,7 @@ fn report(buf: &mut [u8], kind: Option<ThreadKind>, nr: i64) -> usize {
         }
     }
     put(buf, &mut at, &digits[i..]);
-    if syscall_name(nr).is_some() {
+    if name.is_some() {
         put(buf, &mut at, b")");
     }
     put(

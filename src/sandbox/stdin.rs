@@ -28,23 +28,19 @@ struct State {
 }
 
 impl Default for Window {
+    /// A window of [`STDIN_WINDOW`] bytes, all open.
     fn default() -> Window {
-        Window::new(STDIN_WINDOW)
-    }
-}
-
-impl Window {
-    /// A window of `size` bytes.
-    pub fn new(size: u32) -> Window {
         Window {
             state: Mutex::new(State {
-                open: size,
+                open: STDIN_WINDOW,
                 closed: false,
             }),
             changed: Condvar::new(),
         }
     }
+}
 
+impl Window {
     /// Waits until `n` bytes (at most the window's size) may be sent and
     /// takes them; false when the session ended first.
     fn take(&self, n: u32) -> bool {
@@ -184,7 +180,7 @@ mod tests {
 
     #[test]
     fn credit_beyond_what_was_sent_does_not_widen_the_window() {
-        let window = Window::new(STDIN_WINDOW);
+        let window = Window::default();
         window.give(u32::MAX);
         assert!(window.take(STDIN_WINDOW));
         let s = window.state.lock().unwrap();

@@ -7,7 +7,7 @@
 //! milliseconds each.
 
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 
 /// How many threads a session keeps busy at once.
@@ -16,10 +16,10 @@ pub const SESSION_THREADS: usize = 4;
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Pool {
-    jobs: Mutex<Sender<Job>>,
-    queue: Arc<Mutex<Receiver<Job>>>,
+    jobs: Sender<Job>,
+    queue: Mutex<Receiver<Job>>,
     /// Workers waiting for a job.
-    idle: Arc<Mutex<usize>>,
+    idle: Mutex<usize>,
 }
 
 fn pool() -> &'static Pool {
@@ -27,11 +27,15 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
         let (jobs, queue) = mpsc::channel();
         Pool {
-            jobs: Mutex::new(jobs),
-            queue: Arc::new(Mutex::new(queue)),
-            idle: Arc::new(Mutex::new(0)),
+            jobs,
+            queue: Mutex::new(queue),
+            idle: Mutex::new(0),
         }
     })
+}
+
+fn idle() -> std::sync::MutexGuard<'static, usize> {
+    pool().idle.lock().expect("worker count")
 }
 
 /// Starts `n` more idle workers.
@@ -44,41 +48,36 @@ pub fn start(n: usize) {
 /// Runs `job` on an idle worker, or on a new one when none is idle (a job
 /// may run as long as the session: none ever waits for another).
 pub fn spawn(job: impl FnOnce() + Send + 'static) {
-    let p = pool();
     {
-        let mut idle = p.idle.lock().expect("worker count");
+        let mut idle = idle();
         if *idle > 0 {
             *idle -= 1;
-            p.jobs
-                .lock()
-                .expect("job queue")
+            pool()
+                .jobs
                 .send(Box::new(job))
-                .expect("the workers' queue lives as long as the pool");
+                .expect("the workers' queue lives as long as the process");
             return;
         }
     }
     add_worker(Some(Box::new(job)));
 }
 
-/// A worker: runs `first` if given, then waits for queued jobs.
+/// A worker: runs `first` if given, then each job queued for it.
 fn add_worker(first: Option<Job>) {
-    let p = pool();
-    let (queue, idle) = (p.queue.clone(), p.idle.clone());
     if first.is_none() {
-        *idle.lock().expect("worker count") += 1;
+        *idle() += 1;
     }
     thread::spawn(move || {
-        if let Some(job) = first {
-            job();
-            *idle.lock().expect("worker count") += 1;
-        }
+        let mut next = first;
         loop {
-            let job = queue.lock().expect("job queue").recv();
-            match job {
-                Ok(job) => job(),
+            if let Some(job) = next.take() {
+                job();
+                *idle() += 1;
+            }
+            match pool().queue.lock().expect("job queue").recv() {
+                Ok(job) => next = Some(job),
                 Err(_) => return,
             }
-            *idle.lock().expect("worker count") += 1;
         }
     });
 }
@@ -87,6 +86,7 @@ fn add_worker(first: Option<Job>) {
 mod tests {
     use super::*;
     use std::sync::mpsc::channel;
+    use std::sync::Arc;
     use std::time::Duration;
 
     #[test]
