@@ -36,6 +36,8 @@ fn image(name: &str) -> tempfile::NamedTempFile {
     f
 }
 
+/// The disk and the vCPU threads (whose filter every VM test runs under)
+/// do a disk's work with their filters in.
 #[test]
 fn a_disk_thread_works_under_its_filter() {
     let img = image("works");
@@ -54,19 +56,28 @@ fn a_disk_thread_works_under_its_filter() {
 }
 
 #[test]
-fn a_forbidden_call_on_a_disk_thread_stops_kiln_and_names_it() {
-    let img = image("stops");
-    let mut cmd = kiln_with_a_disk(&[], "agent.test=blk-rw:0", img.path());
-    cmd.env("KILN_SECCOMP_SELFTEST", "disk");
-    let o = common::Running::start(cmd).wait(TIMEOUT);
-    o.check(!o.timed_out, "kiln stopped by itself");
-    o.check(o.code == Some(159), "exit code 128 + SIGSYS");
-    o.check(
-        o.stderr.contains(
-            "kiln: error: seccomp: the disk I/O thread made the system call getppid (110)",
-        ),
-        "one line naming the thread and the call",
-    );
+fn a_forbidden_call_on_a_disk_vcpu_or_api_thread_stops_kiln_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let sock = sock.to_str().unwrap();
+    for (kind, label, opts) in [
+        ("disk", "disk I/O", vec![]),
+        ("vcpu", "vCPU", vec![]),
+        ("api", "API", vec!["--api-sock", sock]),
+    ] {
+        let img = image("stops");
+        let mut cmd = kiln_with_a_disk(&opts, "agent.test=blk-rw:0", img.path());
+        cmd.env("KILN_SECCOMP_SELFTEST", kind);
+        let o = common::Running::start(cmd).wait(TIMEOUT);
+        o.check(!o.timed_out, "kiln stopped by itself");
+        o.check(o.code == Some(159), "exit code 128 + SIGSYS");
+        o.check(
+            o.stderr.contains(&format!(
+                "kiln: error: seccomp: the {label} thread made the system call getppid (110)"
+            )),
+            "one line naming the thread and the call",
+        );
+    }
 }
 
 #[test]
@@ -74,7 +85,10 @@ fn seccomp_log_and_off_let_the_call_through() {
     for mode in ["log", "off"] {
         let img = image(mode);
         let mut cmd = kiln_with_a_disk(&["--seccomp", mode], "agent.test=blk-rw:0", img.path());
-        cmd.env("KILN_SECCOMP_SELFTEST", "disk");
+        cmd.env(
+            "KILN_SECCOMP_SELFTEST",
+            if mode == "log" { "vcpu" } else { "disk" },
+        );
         let o = common::Running::start(cmd).wait(TIMEOUT);
         let r = agent::Report::parse(&o.stdout);
         o.check(

@@ -134,6 +134,9 @@ pub enum ApiError {
     /// The `api` thread could not be started.
     #[error("cannot start the API thread: {0}")]
     Spawn(#[source] io::Error),
+    /// The `api` thread could not narrow its system calls.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// No such path, or not with this method: (method, path).
     #[error("Invalid request method and/or path: {0} {1}.")]
     InvalidPathMethod(String, String),
@@ -318,27 +321,54 @@ impl ApiServer {
             }
         })?;
         let socket_id = file_id(path);
-        let server = match Server::from_listener(listener, None) {
-            Ok(server) => Arc::new(server),
-            Err(e) => {
-                let _ = fs::remove_file(path);
-                return Err(ApiError::Http(path.to_path_buf(), e.to_string()));
-            }
-        };
         let stop = Arc::new(AtomicBool::new(false));
         let abandoned = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
-            server: server.clone(),
-            to_vmm,
-            wake,
-            stop: stop.clone(),
-            abandoned: abandoned.clone(),
+        let (thread_stop, thread_abandoned) = (stop.clone(), abandoned.clone());
+        let thread_path = path.to_path_buf();
+        // The thread narrows its system calls first, then starts the HTTP
+        // server, whose accept and pool threads inherit its filter.
+        let (started_tx, started) = mpsc::channel();
+        let thread = thread::Builder::new().name("api".into()).spawn(move || {
+            if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Api) {
+                let _ = started_tx.send(Err(ApiError::Seccomp(e)));
+                return;
+            }
+            let server = match Server::from_listener(listener, None) {
+                Ok(server) => Arc::new(server),
+                Err(e) => {
+                    let _ = started_tx.send(Err(ApiError::Http(thread_path, e.to_string())));
+                    return;
+                }
+            };
+            let _ = started_tx.send(Ok(server.clone()));
+            crate::seccomp::selftest(crate::seccomp::ThreadKind::Api);
+            Worker {
+                server,
+                to_vmm,
+                wake,
+                stop: thread_stop,
+                abandoned: thread_abandoned,
+            }
+            .run()
+        });
+        let failed = |e| {
+            let _ = fs::remove_file(path);
+            e
         };
-        // If spawning fails, dropping `server` closes and removes the socket.
-        let thread = thread::Builder::new()
-            .name("api".into())
-            .spawn(move || worker.run())
-            .map_err(ApiError::Spawn)?;
+        let thread = thread.map_err(|e| failed(ApiError::Spawn(e)))?;
+        let server = match started.recv() {
+            Ok(Ok(server)) => server,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(failed(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(failed(ApiError::Spawn(io::Error::other(
+                    "it ended at its start",
+                ))));
+            }
+        };
         log::info!("API server listening on {}", path.display());
         Ok(ApiServer {
             path: path.to_path_buf(),

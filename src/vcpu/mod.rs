@@ -256,6 +256,13 @@ impl Vcpu {
                 None
             }
         };
+        // From here on the guest runs: narrow this thread's system calls
+        // first (the kick timer above is the last set-up it does).
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+            self.control.request_stop(StopReason::Fatal(e.to_string()));
+            return;
+        }
+        crate::seccomp::selftest(crate::seccomp::ThreadKind::Vcpu);
         while !self.control.stopping() && !self.control.pausing() {
             let result = self.fd.run();
             // --trace: when kiln got the exit, and a copy of it.
