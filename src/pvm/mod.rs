@@ -107,7 +107,20 @@ pub enum PvmError {
 ///   on a loaded host they fire spuriously, and their backtraces cost more
 ///   time (an RCU stall's NMI backtrace on a second vCPU runs LSL in the
 ///   NMI entry, which the host cannot emulate: kiln does, at a round trip
-///   per NMI).
+///   per NMI);
+/// - `pty.legacy_count=0`: a kernel built with legacy BSD ptys
+///   (`CONFIG_LEGACY_PTYS`, 256 pairs by default) registers no
+///   /dev/ptyXX pairs: `pty_init` alone took 62 s of a generic 6.1
+///   kernel's emulated boot (tinyconfig + virtio/ext4/ACPI/PVH,
+///   resources/kernel/generic.config), whose boot to init went from
+///   120 s to 72 s (resources/bench-cmdline.sh, 3 rounds). Unix98 ptys
+///   (/dev/pts) are untouched; kernels without legacy ptys ignore it;
+/// - `random.trust_cpu=on`: seed the kernel's random generator from the
+///   CPU's RDRAND at boot, as Debian's kernel and ours are built to do.
+///   Without it a kernel built with `RANDOM_TRUST_CPU` off gathers
+///   entropy from timer jitter, all of it emulated: on the generic
+///   kernel the first read of /dev/random blocked for 20 s (ready at
+///   79 s of uptime instead of 8 s); boot time itself did not change.
 ///
 /// Every switch has a `=` or a `.`: Linux hands unknown bare words to init
 /// as arguments, which would corrupt the command our init runs.
@@ -119,7 +132,8 @@ pub const SLOW_HOST_CMDLINE: &str = "clearcpuid=xsave,popcnt,smap,ssse3,cx16,erm
      bpf_key_sig_kfuncs_init,kfunc_init,\
      crypto_kdf108_init,blake2s_mod_init,load_system_certificate_list \
      noreplace-smp=1 init_on_alloc=0 rodata=off ipv6.disable=1 \
-     watchdog_thresh=0 rcupdate.rcu_cpu_stall_suppress=1";
+     watchdog_thresh=0 rcupdate.rcu_cpu_stall_suppress=1 \
+     pty.legacy_count=0 random.trust_cpu=on";
 
 /// The switches for this host: [`SLOW_HOST_CMDLINE`] plus the TSC
 /// frequency, because calibrating the TSC against the PIT fails when
@@ -556,7 +570,7 @@ mod tests {
         assert!(
             c.starts_with("clearcpuid=xsave,popcnt,smap,ssse3,cx16,erms,fsrm cryptomgr.notests ")
         );
-        assert!(c.ends_with(" rcupdate.rcu_cpu_stall_suppress=1 tsc_early_khz=2600000"));
+        assert!(c.ends_with(" random.trust_cpu=on tsc_early_khz=2600000"));
         assert!(c.contains(
             " initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,\
              tracer_init_tracefs,slab_sysfs_init,cubictcp_register,"
