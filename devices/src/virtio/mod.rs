@@ -15,6 +15,8 @@
 
 pub mod block;
 pub mod mmio;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod mmio_fuzz;
 pub mod net;
 pub mod vsock;
 
