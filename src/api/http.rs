@@ -382,4 +382,106 @@ mod tests {
         assert!(matches!(e, ApiError::Json(_)), "{e}");
         assert!(e.to_string().contains("unknown field `now`"), "{e}");
     }
+
+    /// Seeded mutations of valid requests (bytes of the body flipped, cut
+    /// or replaced with JSON's own characters, paths with segments added,
+    /// cut or garbled) parse into a request or a one-line error, never a
+    /// panic.
+    #[test]
+    fn mini_fuzz_mutated_requests_parse_or_fail_in_one_line() {
+        let seeds: &[(Method, &str, &str)] = &[
+            (
+                Method::Put,
+                "/boot-source",
+                r#"{"kernel_image_path":"/k","boot_args":"a b","initrd_path":"/i"}"#,
+            ),
+            (
+                Method::Put,
+                "/machine-config",
+                r#"{"vcpu_count":2,"mem_size_mib":512,"smt":false}"#,
+            ),
+            (Method::Patch, "/machine-config", r#"{"vcpu_count":4}"#),
+            (
+                Method::Put,
+                "/drives/root",
+                r#"{"drive_id":"root","path_on_host":"/r","is_root_device":true,"is_read_only":false}"#,
+            ),
+            (
+                Method::Put,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:00:00:00:01"}"#,
+            ),
+            (Method::Put, "/vsock", r#"{"guest_cid":3,"uds_path":"/v"}"#),
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#,
+            ),
+            (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
+            (
+                Method::Put,
+                "/snapshot/create",
+                r#"{"snapshot_path":"/s","mem_file_path":"/m","snapshot_type":"Full"}"#,
+            ),
+            (
+                Method::Put,
+                "/snapshot/load",
+                r#"{"snapshot_path":"/s","mem_backend":{"backend_path":"/m","backend_type":"File"},"resume_vm":true}"#,
+            ),
+            (
+                Method::Put,
+                "/logger",
+                r#"{"log_path":"/l","level":"Info","show_level":true,"show_log_origin":false}"#,
+            ),
+            (Method::Get, "/vm/config", ""),
+        ];
+        const JSON: &[u8] = br#"{}[]":,0123456789.eE+- truefalsenull\u"#;
+        let mut state = 0x6a09_e667_f3bc_c908u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            let r = next();
+            let (method, url, body) = &seeds[(r % seeds.len() as u64) as usize];
+            let mut body = body.as_bytes().to_vec();
+            for _ in 0..(r >> 8) % 4 {
+                let r = next();
+                let at = (r as usize >> 8) % (body.len() + 1);
+                let c = JSON[(r >> 32) as usize % JSON.len()];
+                match r % 5 {
+                    0 if at < body.len() => body[at] ^= 1 << ((r >> 32) % 8),
+                    1 if at < body.len() => body[at] = c,
+                    2 => body.insert(at, c),
+                    3 => body.truncate(at),
+                    _ => {
+                        body.splice(at..at, br#""9":99999999999999999999,"#.iter().copied());
+                    }
+                }
+            }
+            let mut url = url.to_string();
+            match (r >> 40) % 8 {
+                0 => url.push_str("/x"),
+                1 => url.truncate((r >> 44) as usize % (url.len() + 1)),
+                2 => url = url.replace('/', "//"),
+                3 => url.push_str("?a=/b#c"),
+                _ => {}
+            }
+            match parse(method, &url, &body) {
+                Ok(_) => parsed += 1,
+                Err(e) => {
+                    let m = e.to_string();
+                    assert!(!m.is_empty() && !m.contains('\n'), "{method} {url}: {m:?}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            parsed > 100 && refused > 100,
+            "{parsed} parsed, {refused} refused"
+        );
+    }
 }
