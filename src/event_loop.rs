@@ -294,7 +294,6 @@ impl IoThread {
                 if !ok {
                     return;
                 }
-                crate::seccomp::selftest(kind);
                 while !stopped.load(Ordering::SeqCst) {
                     if let Err(e) = manager.run() {
                         log::error!("{thread_name}: its event loop failed: {e:?}");

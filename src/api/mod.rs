@@ -341,7 +341,6 @@ impl ApiServer {
                 }
             };
             let _ = started_tx.send(Ok(server.clone()));
-            crate::seccomp::selftest(crate::seccomp::ThreadKind::Api);
             Worker {
                 server,
                 to_vmm,

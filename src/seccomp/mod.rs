@@ -107,8 +107,11 @@ pub fn set_mode(mode: Mode) {
 /// two-vCPU VM did it; the HTTP server's threads start under the API
 /// thread's filter).
 fn fix_malloc_arenas() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
     // SAFETY: mallopt only sets a malloc parameter.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 8) };
+    ONCE.call_once(|| unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 8);
+    });
 }
 
 fn mode() -> Mode {
@@ -122,45 +125,48 @@ thread_local! {
 
 /// Narrows the current thread's system calls to `kind`'s list (nothing
 /// with `--seccomp off`). Call it before the thread touches guest data.
+/// Then, for tests of a real kiln, [`selftest`].
 pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     let mismatch = match mode() {
         Mode::Off => return Ok(()),
         Mode::Log => SeccompAction::Log,
         Mode::On => SeccompAction::Trap,
     };
-    let program = filter(kind, mismatch)?;
+    let programs = filters(kind, mismatch)?;
     fix_malloc_arenas();
     KIND.with(|k| k.set(Some(kind)));
-    if kind == ThreadKind::Api {
-        // clone3 passes its flags in memory, where seccomp cannot look:
-        // refuse it, so that glibc starts threads with clone(2), whose
-        // flags the list checks. The kernel applies the stricter of the
-        // two filters, so this one goes first (the list allows clone3).
-        let no_clone3 = no_clone3().map_err(|e| SeccompError::Build(kind.label(), e))?;
-        seccompiler::apply_filter(&no_clone3)
-            .map_err(|e| SeccompError::Install(kind.label(), e))?;
+    for program in &programs {
+        seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(kind.label(), e))?;
     }
-    seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind.label(), e))
+    selftest(kind);
+    Ok(())
 }
 
-/// A filter that fails clone3 with ENOSYS and lets everything else
-/// through.
-fn no_clone3() -> Result<BpfProgram, seccompiler::BackendError> {
-    SeccompFilter::new(
+/// The BPF programs for `kind`, in the order they go in: its list
+/// allowed, anything else `mismatch`. A list that allows clone3 (a
+/// thread that starts threads) gets a filter refusing clone3 with ENOSYS
+/// first: clone3 passes its flags in memory, where seccomp cannot look,
+/// so glibc then starts threads with clone(2), whose flags the list
+/// checks. The kernel applies the stricter answer of the two filters.
+fn filters(kind: ThreadKind, mismatch: SeccompAction) -> Result<Vec<BpfProgram>, SeccompError> {
+    let build = |e| SeccompError::Build(kind.label(), e);
+    let rules = lists::rules(kind).map_err(build)?;
+    let starts_threads = rules.contains_key(&libc::SYS_clone3);
+    let list = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .and_then(BpfProgram::try_from)
+        .map_err(build)?;
+    if !starts_threads {
+        return Ok(vec![list]);
+    }
+    let no_clone3 = SeccompFilter::new(
         [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         TargetArch::x86_64,
     )
     .and_then(BpfProgram::try_from)
-}
-
-/// The BPF program for `kind`: its list allowed, anything else `mismatch`.
-fn filter(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
-    let rules = lists::rules(kind).map_err(|e| SeccompError::Build(kind.label(), e))?;
-    SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .and_then(BpfProgram::try_from)
-        .map_err(|e| SeccompError::Build(kind.label(), e))
+    .map_err(build)?;
+    Ok(vec![no_clone3, list])
 }
 
 /// Names the system calls the lists mention, and a few a taken-over
@@ -306,9 +312,10 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
 }
 
 /// For tests of a real kiln: with `KILN_SECCOMP_SELFTEST` naming this
-/// thread's kind (`disk`, `vcpu`), the thread makes a call outside its list right
-/// after installing its filter (getppid, which no list has).
-pub fn selftest(kind: ThreadKind) {
+/// thread's kind (`disk`, `vcpu`, `api`), the thread makes a call outside
+/// its list right after installing its filter (getppid, which no list
+/// has).
+fn selftest(kind: ThreadKind) {
     let wanted = std::env::var("KILN_SECCOMP_SELFTEST").ok();
     if wanted.as_deref() == Some(kind.selftest_name()) {
         // SAFETY: getppid has no arguments and no effect.
@@ -324,8 +331,10 @@ mod tests {
     fn every_list_builds_into_a_program() {
         for kind in [ThreadKind::Disk, ThreadKind::Vcpu, ThreadKind::Api] {
             for mismatch in [SeccompAction::Trap, SeccompAction::Log] {
-                let p = filter(kind, mismatch).unwrap();
-                assert!(!p.is_empty());
+                let programs = filters(kind, mismatch).unwrap();
+                assert!(!programs.is_empty() && programs.iter().all(|p| !p.is_empty()));
+                // Only the thread that starts threads refuses clone3 first.
+                assert_eq!(programs.len(), if kind == ThreadKind::Api { 2 } else { 1 });
             }
         }
     }
@@ -367,8 +376,9 @@ mod tests {
     /// stays with the child) and returns its exit status and what it wrote
     /// on stderr. `calls` must only make raw system calls.
     fn in_filtered_child(kind: ThreadKind, calls: fn(libc::c_int)) -> (i32, String) {
-        let program = filter(kind, SeccompAction::Trap).unwrap();
-        let clone3 = no_clone3().unwrap();
+        // Built before the fork: the child of a threaded process must not
+        // allocate.
+        let programs = filters(kind, SeccompAction::Trap).unwrap();
         let (r, w) = {
             let mut fds = [0; 2];
             // SAFETY: pipe(2) fills the two-int array.
@@ -385,11 +395,10 @@ mod tests {
                 libc::dup2(w, 2);
                 install_sigsys_handler();
                 KIND.with(|k| k.set(Some(kind)));
-                if kind == ThreadKind::Api && seccompiler::apply_filter(&clone3).is_err() {
-                    libc::_exit(3);
-                }
-                if seccompiler::apply_filter(&program).is_err() {
-                    libc::_exit(3);
+                for program in &programs {
+                    if seccompiler::apply_filter(program).is_err() {
+                        libc::_exit(3);
+                    }
                 }
                 calls(r);
                 libc::_exit(4);

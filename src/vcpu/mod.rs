@@ -262,7 +262,6 @@ impl Vcpu {
             self.control.request_stop(StopReason::Fatal(e.to_string()));
             return;
         }
-        crate::seccomp::selftest(crate::seccomp::ThreadKind::Vcpu);
         while !self.control.stopping() && !self.control.pausing() {
             let result = self.fd.run();
             // --trace: when kiln got the exit, and a copy of it.
