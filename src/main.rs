@@ -17,6 +17,8 @@ mod seccomp;
 mod snapshot;
 mod stats;
 mod terminal;
+#[cfg(test)]
+mod testing;
 mod trace;
 mod vcpu;
 mod virtio;

@@ -433,13 +433,8 @@ mod tests {
     fn mini_fuzz_payloads_with_a_matching_checksum() {
         let good = encode(&sample()).unwrap();
         let payload = &good[HEADER_LEN..];
-        let mut rng = 0x853c_49e6_748f_ea9bu64;
-        let mut next = move || {
-            rng ^= rng >> 12;
-            rng ^= rng << 25;
-            rng ^= rng >> 27;
-            rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut rng = crate::testing::Rng(0x853c_49e6_748f_ea9b);
+        let mut next = move || rng.next();
         let (mut ok, mut refused) = (0, 0);
         for _ in 0..2000 {
             let mut p = payload.to_vec();

@@ -436,13 +436,8 @@ mod tests {
             (Method::Get, "/vm/config", ""),
         ];
         const JSON: &[u8] = br#"{}[]":,0123456789.eE+- truefalsenull\u"#;
-        let mut state = 0x6a09_e667_f3bc_c908u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::testing::Rng(0x6a09_e667_f3bc_c908);
+        let mut next = move || rng.next();
         let (mut parsed, mut refused) = (0, 0);
         for _ in 0..3000 {
             let r = next();

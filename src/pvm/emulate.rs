@@ -1352,13 +1352,8 @@ mod tests {
             0x0f, 0x01, 0x66, 0xf3, 0xf0, 0x48, 0x4d, 0x65, 0x67, 0xc7, 0xb8, 0xae, 0x6e, 0x7e,
             0xd6, 0xcc,
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::testing::Rng(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next();
         for _ in 0..100_000 {
             let mut f = Fake::new();
             for r in f.gpr.iter_mut() {

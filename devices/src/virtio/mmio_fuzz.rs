@@ -230,16 +230,9 @@ mod tests {
     use super::*;
     use crate::virtio::block::{Block, DiskImage};
 
-    /// xorshift64*: seeded, so a failure reproduces.
-    fn random_bytes(mut seed: u64, n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed >> 12;
-                seed ^= seed << 25;
-                seed ^= seed >> 27;
-                (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect()
+    fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut rng = crate::Rng(seed);
+        (0..n).map(|_| (rng.next() >> 56) as u8).collect()
     }
 
     /// A read-only and a writable 16-sector disk behind the transport.

@@ -13,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::driver::{self, Buf, Driver, DATA, F_INDIRECT, F_NEXT, HOLE, HOLE_END, RAM_END};
 use super::*;
+use crate::Rng;
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
@@ -928,24 +929,6 @@ fn only_queue_zero_exists() {
 }
 
 // ---- mini fuzz ----
-
-/// xorshift64*: a small seeded generator, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-}
 
 /// A random buffer: mostly plausible, sometimes hostile.
 fn random_buf(rng: &mut Rng, write: bool) -> Buf {

@@ -435,13 +435,8 @@ fn used_idx(rig: &Rig, base: u64) -> u16 {
 /// type it refuses) and carries exactly the data its header says.
 #[test]
 fn mini_fuzz_random_packets_never_panic_or_wedge() {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = crate::Rng(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || rng.next();
     let (mut delivered, mut data_packets) = (0, 0);
     let (mut accepted, mut responses) = (0, 0);
     for round in 0..60 {
