@@ -19,20 +19,17 @@ initrd=build/guest/initramfs.cpio
 timeout=${KILN_BENCH_TIMEOUT:-1200}
 
 
-boot_ms=() total_s=()
+boots_ms=() total_s=()
 echo "kernel: $kernel  runs: $runs  extra: $*"
 for i in $(seq "$runs"); do
     log=$(mktemp)
-    timeout "$timeout" "$kiln" run --kernel "$kernel" --initrd "$initrd" --cmdline "-- true" -v "$@" \
-        </dev/null >"$log.out" 2>"$log" || true
-    b=$(sed -n 's/.*boot-timer: guest boot time \([0-9.]*\) ms wall.*/\1/p' "$log" | head -n 1)
+    boot_once "$log" "-- true" "$@"
     t=$(sed -n 's/.*VM stopped: .* after \([0-9.]*\) s.*/\1/p' "$log" | tail -n 1)
     r=$(sed -n 's/.*host repairs: //p' "$log" | tr '\n' ' ')
-    st=$(sed -n 's/^KILN-EXIT: //p' "$log.out" | tr -d '\r')
     printf 'run %d: init output at %s ms, total %s s, init exit %s; repairs: %s\n' \
-        "$i" "${b:--}" "${t:--}" "${st:--}" "${r:-none}"
-    [ -n "$b" ] && boot_ms+=("$b")
+        "$i" "${boot_ms:--}" "${t:--}" "${init_exit:--}" "${r:-none}"
+    [ -n "$boot_ms" ] && boots_ms+=("$boot_ms")
     [ -n "$t" ] && total_s+=("$t")
     rm -f "$log" "$log.out"
 done
-echo "median: init output at $(printf '%s\n' "${boot_ms[@]}" | median) ms, total $(printf '%s\n' "${total_s[@]}" | median) s (${#boot_ms[@]}/$runs runs reached init)"
+echo "median: init output at $(printf '%s\n' "${boots_ms[@]}" | median) ms, total $(printf '%s\n' "${total_s[@]}" | median) s (${#boots_ms[@]}/$runs runs reached init)"

@@ -39,13 +39,10 @@ echo "kernel: $kernel ($(cat "$(dirname "$kernel")/version" 2>/dev/null || echo 
 for r in $(seq "$rounds"); do
     for i in "${!labels[@]}"; do
         log=$work/run.log
-        timeout "$timeout" "$kiln" run --kernel "$kernel" --initrd "$initrd" -v "${extra[@]}" \
-            --cmdline "${switches[$i]} -- true" </dev/null >"$log.out" 2>"$log" || true
-        b=$(sed -n 's/.*boot-timer: guest boot time \([0-9.]*\) ms wall.*/\1/p' "$log" | head -n 1)
-        st=$(sed -n 's/^KILN-EXIT: //p' "$log.out" | tr -d '\r')
-        printf 'round %d %-12s init output at %8s ms, init exit %s\n' "$r" "${labels[$i]}" "${b:--}" "${st:--}"
-        [ -n "$b" ] && echo "$b" >>"$work/${i}.ms"
-        [ -n "$b" ] || tail -n 5 "$log.out" "$log" | sed 's/^/    /'
+        boot_once "$log" "${switches[$i]} -- true" "${extra[@]}"
+        printf 'round %d %-12s init output at %8s ms, init exit %s\n' "$r" "${labels[$i]}" "${boot_ms:--}" "${init_exit:--}"
+        [ -n "$boot_ms" ] && echo "$boot_ms" >>"$work/${i}.ms"
+        [ -n "$boot_ms" ] || tail -n 5 "$log.out" "$log" | sed 's/^/    /'
     done
 done
 echo

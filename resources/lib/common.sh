@@ -125,6 +125,20 @@ median() {
         else printf "%.*f\n", d, (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2 }'
 }
 
+# boot_once LOG CMDLINE [KILN ARGS...]: boots $kernel with $initrd under
+# $kiln (-v, timeout $timeout, the console to LOG.out, kiln's log to LOG),
+# init running what CMDLINE passes it; then sets `boot_ms` (init's first
+# output, from the boot timer) and `init_exit` (KILN-EXIT), empty when
+# missing.
+boot_once() {
+    local log=$1 cmdline=$2
+    shift 2
+    timeout "$timeout" "$kiln" run --kernel "$kernel" --initrd "$initrd" --cmdline "$cmdline" -v "$@" \
+        </dev/null >"$log.out" 2>"$log" || true
+    boot_ms=$(sed -n 's/.*boot-timer: guest boot time \([0-9.]*\) ms wall.*/\1/p' "$log" | head -n 1)
+    init_exit=$(sed -n 's/^KILN-EXIT: //p' "$log.out" | tr -d '\r')
+}
+
 # now: the time in seconds, with nanoseconds.
 now() { date +%s.%N; }
 
