@@ -773,15 +773,7 @@ mod tests {
         (t, irq)
     }
 
-    fn r(t: &mut MmioTransport, off: u32) -> u32 {
-        let mut d = [0u8; 4];
-        t.read(off.into(), &mut d);
-        u32::from_le_bytes(d)
-    }
-
-    fn w(t: &mut MmioTransport, off: u32, v: u32) {
-        t.write(off.into(), &v.to_le_bytes());
-    }
+    use crate::virtio::mmio_fuzz::{read32 as r, write32 as w};
 
     /// Walks the driver side of initialisation (section 3.1.1) for both
     /// queues, with rings placed in the first MiB.

@@ -115,13 +115,15 @@ impl Input<'_> {
     }
 }
 
-fn read32(t: &mut MmioTransport, offset: u32) -> u32 {
+/// Reads a 32-bit register.
+pub(crate) fn read32(t: &mut MmioTransport, offset: u32) -> u32 {
     let mut d = [0u8; 4];
     t.read(offset.into(), &mut d);
     u32::from_le_bytes(d)
 }
 
-fn write32(t: &mut MmioTransport, offset: u32, v: u32) {
+/// Writes a 32-bit register.
+pub(crate) fn write32(t: &mut MmioTransport, offset: u32, v: u32) {
     t.write(offset.into(), &v.to_le_bytes());
 }
 
